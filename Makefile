@@ -1,0 +1,60 @@
+# chipq: the two commands are `make demo` and `make test`; each works on a
+# fresh machine by itself (venv, install, Kafka jars, broker start and stop).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+export CHIPQ_HOME ?= $(CURDIR)/.chipq
+export DAGSTER_HOME ?= $(CHIPQ_HOME)/dagster
+
+.PHONY: demo test lint unit install clean ui compose-plugin
+
+# The docker client here may lack the compose plugin; the test that checks
+# docker-compose.yml then uses one built from the Go module proxy (once).
+COMPOSE_VERSION := v2.32.4
+COMPOSE_PLUGIN  := $(CHIPQ_HOME)/tools/docker/cli-plugins/docker-compose
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 1; }
+	@command -v java >/dev/null || { echo "need Java 17+ (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "need Maven to fetch the Kafka jars (apt-get install maven)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+compose-plugin:
+	@if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 && [ ! -x $(COMPOSE_PLUGIN) ]; then \
+	  if command -v go >/dev/null; then \
+	    echo "building the docker compose plugin $(COMPOSE_VERSION) (once, ~2 min)"; \
+	    mkdir -p $(dir $(COMPOSE_PLUGIN)) && \
+	    GOBIN=$(CHIPQ_HOME)/tools/gobin go install github.com/docker/compose/v2/cmd@$(COMPOSE_VERSION) && \
+	    mv $(CHIPQ_HOME)/tools/gobin/cmd $(COMPOSE_PLUGIN); \
+	  else echo "no docker compose plugin and no Go toolchain: the compose check will be skipped"; fi; \
+	fi
+
+## make demo: start Kafka, run the main job, print what happened, stop everything
+demo: install
+	$(BIN)/chipq demo
+
+## make test: lint, type-check the events library, run every test on a real broker
+test: install lint compose-plugin
+	$(BIN)/pytest -ra -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -ra tests/unit
+
+ui: install
+	$(BIN)/chipq ui
+
+clean:
+	-$(BIN)/chipq kafka down
+	rm -rf $(VENV) .chipq

@@ -1,0 +1,95 @@
+"""Shared fixtures: a real Kafka broker for the session, fresh names per test.
+
+The broker is the external cluster in ``KAFKA_BOOTSTRAP_SERVERS`` when that is
+set, otherwise one started by ``chipq_pipelines.local_kafka`` on a free port
+(jars cached under ``$CHIPQ_HOME``) and stopped when the session ends. A test
+that needs Kafka fails, never skips, when no broker can be had.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chipq_pipelines.local_kafka import LocalKafka, free_port, kafka_version, metadata_answers
+from chipq_pipelines.paths import ChipqHome
+
+_BROKER_INFO: dict[str, str] = {}
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of a real, running Kafka broker."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        if not metadata_answers(external, timeout=10):
+            pytest.fail(f"KAFKA_BOOTSTRAP_SERVERS={external} does not answer metadata requests")
+        _BROKER_INFO.update(bootstrap=external, origin="external cluster (KAFKA_BOOTSTRAP_SERVERS)")
+        yield external
+        return
+    home = ChipqHome.from_env()
+    instance_dir = Path(tempfile.mkdtemp(prefix="chipq-test-kafka-"))
+    broker = LocalKafka(port=free_port(), instance_dir=instance_dir, lib_dir=home.kafka_lib)
+    try:
+        broker.start()
+    except Exception as exc:  # a test that needs Kafka fails, it never skips
+        pytest.fail(f"could not start the local Kafka broker: {exc}")
+    _BROKER_INFO.update(
+        bootstrap=broker.bootstrap,
+        origin=f"Apache Kafka {kafka_version(home.kafka_lib)} started by chipq (KRaft, {instance_dir})",
+        log=str(broker.log_file),
+    )
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+        shutil.rmtree(instance_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker_info(kafka_bootstrap: str) -> dict[str, str]:
+    return dict(_BROKER_INFO)
+
+
+@pytest.fixture
+def unique_name() -> Callable[[str], str]:
+    """Factory of names no other test uses (topics, groups, lots)."""
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+    return make
+
+
+@pytest.fixture
+def new_topic(kafka_bootstrap: str, unique_name: Callable[[str], str]) -> Callable[..., str]:
+    """Factory: create a fresh topic with an explicit partition count."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+    def make(prefix: str = "test", partitions: int = 3) -> str:
+        name = unique_name(prefix)
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def new_group(unique_name: Callable[[str], str]) -> Callable[[str], str]:
+    """Factory: a consumer group id nobody has used."""
+    return lambda prefix="group": unique_name(prefix)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _BROKER_INFO:
+        terminalreporter.write_sep("-", "Kafka used by these tests")
+        terminalreporter.write_line(f"{_BROKER_INFO['origin']} at {_BROKER_INFO['bootstrap']}")
