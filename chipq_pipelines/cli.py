@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -74,6 +75,86 @@ def kafka_status(port: int) -> None:
         return
     click.echo(f"not running at {broker.bootstrap}; start it with `chipq kafka up --port {port}`", err=True)
     sys.exit(1)
+
+
+# ------------------------------------------------------------------ pipeline
+
+
+@main.command("catch-up")
+@click.option("--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds.")
+def catch_up_command(max_rounds: int) -> None:
+    """Ingest and materialize everything new, in this process, until done.
+
+    Evaluates the offset-planner sensors and the mart partition sensor against
+    the Dagster instance in DAGSTER_HOME (default $CHIPQ_HOME/dagster) and runs
+    what they request. The runs show in the Dagster UI afterwards.
+
+    \b
+    Example:
+      KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 chipq catch-up
+    """
+    from chipq_pipelines.runner import CatchUpError, catch_up
+
+    try:
+        report = catch_up(max_rounds=max_rounds, echo=click.echo)
+    except CatchUpError as exc:
+        raise click.ClickException(str(exc)) from exc
+    runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items())) or "no runs: nothing new"
+    click.echo(
+        f"caught up in {report.seconds:.1f} s: {report.records_read} records read, "
+        f"{report.events_inserted} events landed, {report.duplicates_skipped} duplicates skipped, "
+        f"{report.rejected} rejected; {runs}"
+    )
+
+
+@main.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
+)
+def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
+    """Query the analysts' read-only snapshot of the warehouse.
+
+    \b
+    Examples:
+      chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"
+      chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv
+    """
+    import duckdb
+
+    from chipq_pipelines.warehouse.formatting import format_result
+    from chipq_pipelines.warehouse.snapshot import query_snapshot
+
+    path = Path(snapshot) if snapshot else ChipqHome.from_env().analyst_snapshot
+    if not path.exists():
+        raise click.ClickException(
+            f"no analyst snapshot at {path} yet: run `chipq catch-up` (or let the Dagster daemon run) first"
+        )
+    try:
+        frame = query_snapshot(path, query)
+    except duckdb.Error as exc:
+        raise click.ClickException(f"query failed: {exc}") from exc
+    click.echo(format_result(frame, fmt))  # type: ignore[arg-type]
+
+
+@main.command("ui")
+@click.option("--port", default=3000, show_default=True, help="Port of the Dagster webserver.")
+def ui_command(port: int) -> None:
+    """Start the Dagster UI and daemon (`dagster dev`) on this workspace.
+
+    Sensors run by themselves: new events reach the marts without catch-up.
+    """
+    import os
+    import subprocess
+
+    from chipq_pipelines.paths import REPO_ROOT
+    from chipq_pipelines.runner import ensure_dagster_home
+
+    ensure_dagster_home()
+    dagster = Path(sys.executable).with_name("dagster")
+    click.echo(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']}); Ctrl-C stops it")
+    raise SystemExit(subprocess.call([str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]))
 
 
 @main.command("home")

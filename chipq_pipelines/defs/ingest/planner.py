@@ -1,0 +1,76 @@
+"""Offset planning from Kafka watermarks: no group join, no DuckDB, bounded time."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
+from chipq_pipelines.events.config import KafkaConfig
+
+#: Seconds any single metadata call of a sensor tick may take.
+CALL_TIMEOUT_S = 5.0
+
+
+class TopicNotReady(RuntimeError):
+    """The topic does not exist (yet) or has no partitions."""
+
+
+def plan_ranges(kafka: KafkaConfig, topic: str, max_records: int) -> dict[int, tuple[int, int]]:
+    """partition → [start, end) of records not yet landed, at most ``max_records`` in all.
+
+    Starts at the offsets the ingest runs committed to the ``chipq-dagster``
+    group (a lower bound of what DuckDB holds: runs commit after landing), or
+    at the low watermark for a partition never committed.
+    """
+    consumer = Consumer(
+        kafka.librdkafka_config(**{"group.id": PIPELINE_GROUP, "enable.auto.commit": False, "log_level": 3})
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S)
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            reason = info.error if info is not None and info.error is not None else "no partitions"
+            raise TopicNotReady(f"topic {topic} is not available: {reason}")
+        partitions = sorted(info.partitions)
+        committed = _committed(consumer, [TopicPartition(topic, p) for p in partitions])
+        backlog: dict[int, tuple[int, int]] = {}
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
+            )
+            start = max(tp.offset if tp.offset >= 0 else low, low)
+            if high > start:
+                backlog[tp.partition] = (start, high)
+    finally:
+        consumer.close()
+    return cap_ranges(backlog, max_records)
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+    """The group's committed offsets, riding out a coordinator that is still loading."""
+    deadline = time.monotonic() + 3 * CALL_TIMEOUT_S
+    while True:
+        try:
+            return list(consumer.committed(partitions, timeout=CALL_TIMEOUT_S))
+        except KafkaException as exc:
+            error = exc.args[0]
+            if not getattr(error, "retriable", lambda: False)() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def cap_ranges(backlog: dict[int, tuple[int, int]], max_records: int) -> dict[int, tuple[int, int]]:
+    """Shorten the ranges so they hold at most ``max_records``, shared fairly across partitions."""
+    capped: dict[int, tuple[int, int]] = {}
+    budget = max_records
+    open_partitions = sorted(backlog, key=lambda p: backlog[p][1] - backlog[p][0])
+    for index, partition in enumerate(open_partitions):
+        start, end = backlog[partition]
+        share = budget // (len(open_partitions) - index)
+        take = min(end - start, share)
+        if take > 0:
+            capped[partition] = (start, start + take)
+            budget -= take
+    return capped

@@ -1,0 +1,92 @@
+"""Request exactly the mart partitions that newly landed rows touched.
+
+The ingest runs record the event dates and lots they touched in their
+materialization metadata; this sensor reads them from Dagster's event log
+(never from DuckDB), adds new lots to the ``lots`` dynamic partitions and
+requests those partitions, then a fresh analyst snapshot.
+"""
+
+import json
+
+import dagster as dg
+
+from chipq_pipelines.defs.ingest.assets import raw_inspection_events, raw_quality_events
+from chipq_pipelines.defs.marts.assets import (
+    analyst_snapshot,
+    defect_rates,
+    defect_rates_job,
+    lot_quality_job,
+    lot_quality_scores,
+    snapshot_job,
+)
+from chipq_pipelines.defs.partitions import daily_partitions, lot_partition_key, lot_partitions
+
+_PAGE = 200
+
+
+def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
+    records = instance.fetch_materializations(key, limit=1).records
+    return records[0].storage_id if records else 0
+
+
+@dg.sensor(
+    name="mart_partitions_sensor",
+    jobs=[defect_rates_job, lot_quality_job, snapshot_job],
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Turns the days and lots touched by new raw rows into defect_rates and lot_quality_scores "
+        "partition runs, then refreshes the analyst snapshot."
+    ),
+)
+def mart_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    records = context.instance.fetch_materializations(
+        raw_inspection_events.key, limit=_PAGE, cursor=cursor.get("raw"), ascending=True
+    )
+    days: set[str] = set()
+    lots: set[str] = set()
+    for record in records.records:
+        materialization = record.asset_materialization
+        if materialization is None:
+            continue
+        metadata = materialization.metadata
+        if "touched_event_dates" in metadata:
+            days.update(metadata["touched_event_dates"].value)  # type: ignore[arg-type]
+        if "touched_lot_ids" in metadata:
+            lots.update(metadata["touched_lot_ids"].value)  # type: ignore[arg-type]
+    tag = records.records[-1].storage_id if records.records else None
+    valid_days = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
+    requests: list[dg.RunRequest] = []
+    for day in sorted(days):
+        if day not in valid_days:
+            context.log.warning(f"event date {day} has no defect_rates partition; not requested")
+            continue
+        requests.append(
+            dg.RunRequest(run_key=f"defect_rates|{day}|{tag}", job_name=defect_rates_job.name, partition_key=day)
+        )
+    lot_keys = sorted({lot_partition_key(lot) for lot in lots})
+    known = set(context.instance.get_dynamic_partitions(lot_partitions.name))
+    new_lots = [key for key in lot_keys if key not in known]
+    for key in lot_keys:
+        requests.append(
+            dg.RunRequest(run_key=f"lot_quality|{key}|{tag}", job_name=lot_quality_job.name, partition_key=key)
+        )
+
+    # Snapshot: whenever anything it copies changed after the last snapshot.
+    newest_source = max(
+        _latest_storage_id(context.instance, key)
+        for key in (raw_inspection_events.key, raw_quality_events.key, defect_rates.key, lot_quality_scores.key)
+    )
+    last_snapshot = _latest_storage_id(context.instance, analyst_snapshot.key)
+    if requests or newest_source > last_snapshot:
+        marker = max(newest_source, tag or 0)
+        requests.append(dg.RunRequest(run_key=f"snapshot|{marker}", job_name=snapshot_job.name))
+    new_cursor = json.dumps({"raw": records.cursor if records.records else cursor.get("raw")})
+    if not requests:
+        return dg.SensorResult(skip_reason="no new rows since the last evaluation", cursor=new_cursor)
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=new_cursor,
+        dynamic_partitions_requests=[lot_partitions.build_add_request(new_lots)] if new_lots else [],
+    )

@@ -1,0 +1,100 @@
+"""Dagster resources: how ops reach Kafka and the DuckDB warehouse.
+
+Configured with ``EnvVar`` at definition time, never ``os.environ`` read at
+import, so the same code runs under the daemon, in tests and in Docker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.paths import ChipqHome
+from chipq_pipelines.warehouse import schema as warehouse_schema
+
+
+class KafkaResource(dg.ConfigurableResource):
+    """The Kafka cluster the platform publishes to (and chipq publishes alerts to)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str | None = None
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+
+    def config(self) -> KafkaConfig:
+        return KafkaConfig(
+            bootstrap_servers=self.bootstrap_servers,
+            schema_registry_url=self.schema_registry_url or None,
+            security_protocol=self.security_protocol,
+            sasl_mechanism=self.sasl_mechanism or None,
+            sasl_username=self.sasl_username or None,
+            sasl_password=self.sasl_password or None,
+            ssl_ca_location=self.ssl_ca_location or None,
+        )
+
+
+class WarehouseResource(dg.ConfigurableResource):
+    """The DuckDB warehouse file (one writer process at a time) and its analyst snapshot."""
+
+    path: str = ""
+    snapshot_path: str = ""
+    pass_threshold: float = 0.85
+
+    def warehouse_path(self) -> Path:
+        return Path(self.path) if self.path else ChipqHome.from_env().warehouse
+
+    def analyst_snapshot_path(self) -> Path:
+        return Path(self.snapshot_path) if self.snapshot_path else ChipqHome.from_env().analyst_snapshot
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open the warehouse (schema ensured) and always close it, also on error.
+
+        Only ops in the ``duckdb_writer`` pool call this: DuckDB allows one
+        writing process per file.
+        """
+        path = self.warehouse_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = warehouse_schema.connect(path)
+        try:
+            warehouse_schema.ensure_schema(conn)
+            yield conn
+        finally:
+            conn.close()
+
+
+def default_resources() -> dict[str, dg.ConfigurableResource]:
+    """Resources bound to the environment variables that are set.
+
+    Each set variable becomes an ``EnvVar`` (resolved when a run starts, shown
+    in the UI by name only: the SASL password never appears in run config).
+    Unset ones keep the field's default: Dagster fails a run on an unset EnvVar.
+    """
+    kafka = KafkaResource(**_env_vars(KAFKA_ENV))
+    warehouse = WarehouseResource(**_env_vars(WAREHOUSE_ENV))
+    return {"kafka": kafka, "warehouse": warehouse}
+
+
+KAFKA_ENV = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "schema_registry_url": "SCHEMA_REGISTRY_URL",
+    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
+    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
+    "sasl_username": "KAFKA_SASL_USERNAME",
+    "sasl_password": "KAFKA_SASL_PASSWORD",
+    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+}
+WAREHOUSE_ENV = {"path": "CHIPQ_WAREHOUSE", "snapshot_path": "CHIPQ_ANALYST_SNAPSHOT"}
+
+
+def _env_vars(fields: dict[str, str]) -> dict[str, dg.EnvVar]:
+    return {field: dg.EnvVar(var) for field, var in fields.items() if os.environ.get(var)}

@@ -1,0 +1,186 @@
+"""Drive the sensors and their runs in process: `chipq catch-up`.
+
+Evaluates the offset planners and the mart partition sensor against the
+persistent Dagster instance under ``$DAGSTER_HOME`` and executes each
+requested run in this process, until no sensor has new work. The runs show
+in the Dagster UI afterwards, exactly as if the daemon had launched them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from chipq_pipelines.paths import ChipqHome
+
+INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
+CURSOR_FILE = "chipq-catch-up-cursors.json"
+DRIVER_TAG = "chipq/driver"
+PID_TAG = "chipq/pid"
+
+
+class CatchUpError(RuntimeError):
+    """A run failed during catch-up; its logs are in the Dagster UI."""
+
+
+def ensure_dagster_home(home: ChipqHome | None = None) -> Path:
+    """Create ``DAGSTER_HOME`` (default ``$CHIPQ_HOME/dagster``) with chipq's instance settings."""
+    dagster_home = Path(os.environ.get("DAGSTER_HOME") or (home or ChipqHome.from_env()).dagster_home)
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        shutil.copyfile(INSTANCE_TEMPLATE, dagster_home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(dagster_home)
+    return dagster_home
+
+
+@dataclass
+class CatchUpReport:
+    rounds: int = 0
+    runs: dict[str, int] = field(default_factory=dict)
+    records_read: int = 0
+    events_inserted: int = 0
+    duplicates_skipped: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+
+    def count(self, job_name: str) -> None:
+        self.runs[job_name] = self.runs.get(job_name, 0) + 1
+
+
+def recover_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Fail catch-up runs whose process died (killed mid-run) and free their pool slots."""
+    recovered = []
+    unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
+    for run in instance.get_runs(dg.RunsFilter(statuses=unfinished, tags={DRIVER_TAG: "catch-up"})):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and _alive(pid):
+            continue
+        instance.report_run_failed(run, "the catch-up process running it died")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        recovered.append(run.run_id)
+    return recovered
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _succeeded(instance: dg.DagsterInstance, run_key: str) -> bool:
+    runs = instance.get_runs(
+        dg.RunsFilter(tags={"dagster/run_key": run_key}, statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1
+    )
+    return bool(runs)
+
+
+def _record(report: CatchUpReport, result: dg.ExecuteInProcessResult) -> None:
+    for event in result.get_asset_materialization_events():
+        materialization = event.step_materialization_data.materialization
+        if materialization is None:
+            continue
+        metadata = materialization.metadata
+        for name, attr in (
+            ("records_read", "records_read"),
+            ("events_inserted", "events_inserted"),
+            ("duplicates_skipped", "duplicates_skipped"),
+            ("rejected", "rejected"),
+        ):
+            if name in metadata:
+                setattr(report, attr, getattr(report, attr) + int(metadata[name].value))  # type: ignore[arg-type]
+
+
+def catch_up(
+    *, max_rounds: int = 10_000, echo: Callable[[str], None] = print, defs: dg.Definitions | None = None
+) -> CatchUpReport:
+    """Evaluate sensors and execute their runs until there is no new work."""
+    dagster_home = ensure_dagster_home()
+    if defs is None:
+        from chipq_pipelines.definitions import defs as loaded
+
+        defs = loaded
+    instance = dg.DagsterInstance.get()
+    report = CatchUpReport()
+    started = time.monotonic()
+    try:
+        for run_id in recover_orphaned_runs(instance):
+            echo(f"marked run {run_id[:8]} failed: its process had died")
+        cursor_path = dagster_home / CURSOR_FILE
+        cursors: dict[str, str | None] = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
+        sensor_names = ["inspection_offsets_sensor", "quality_offsets_sensor", "mart_partitions_sensor"]
+        for report.rounds in range(1, max_rounds + 1):
+            executed = 0
+            for name in sensor_names:
+                sensor = defs.resolve_sensor_def(name)
+                context = dg.build_sensor_context(
+                    instance_ref=instance.get_ref(),
+                    cursor=cursors.get(name),
+                    definitions=defs,
+                    sensor_name=name,
+                    resources=defs.resources,
+                )
+                data = sensor.evaluate_tick(context)
+                for request in data.dynamic_partitions_requests or []:
+                    if isinstance(request, dg.AddDynamicPartitionsRequest):
+                        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+                for run_request in data.run_requests or []:
+                    if run_request.run_key and _succeeded(instance, run_request.run_key):
+                        continue
+                    _execute(defs, instance, name, run_request, report, echo)
+                    executed += 1
+                cursors[name] = data.cursor
+                cursor_path.write_text(json.dumps(cursors))
+            if executed == 0:
+                break
+    finally:
+        report.seconds = time.monotonic() - started
+        instance.dispose()
+    return report
+
+
+def _execute(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    sensor_name: str,
+    run_request: dg.RunRequest,
+    report: CatchUpReport,
+    echo: Callable[[str], None],
+) -> None:
+    job_name = run_request.job_name
+    assert job_name, "every chipq sensor names the job of its requests"
+    job = defs.resolve_job_def(job_name)
+    tags = {
+        **(run_request.tags or {}),
+        "dagster/sensor_name": sensor_name,
+        DRIVER_TAG: "catch-up",
+        PID_TAG: str(os.getpid()),
+    }
+    if run_request.run_key:
+        tags["dagster/run_key"] = run_request.run_key
+    # The console logger at WARNING: the run's full event log is in the Dagster UI.
+    run_config = {**(run_request.run_config or {}), "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    result = job.execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        partition_key=run_request.partition_key,
+        tags=tags,
+        raise_on_error=False,
+    )
+    report.count(job_name)
+    _record(report, result)
+    label = f"{job_name}" + (f" [{run_request.partition_key}]" if run_request.partition_key else "")
+    if not result.success:
+        raise CatchUpError(f"run {result.run_id} ({label}) failed; open it in the Dagster UI (`chipq ui`) for logs")
+    if job_name.startswith("ingest"):
+        echo(f"  {label}: run {result.run_id[:8]} ok, {report.records_read} records read so far")
