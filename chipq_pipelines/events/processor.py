@@ -1,0 +1,86 @@
+"""The event processor: the guide's EventProcessorService (analytics + notifications).
+
+``run_processor(config)`` runs it until SIGTERM or SIGINT, then stops both
+consumers cleanly (their handled records committed, the group left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.events.consumers import AnalyticsConsumer, NotificationConsumer
+from chipq_pipelines.events.notifiers import Notifier
+
+logger = logging.getLogger("chipq.events.processor")
+
+
+class EventProcessorService:
+    """Runs AnalyticsConsumer and NotificationConsumer side by side."""
+
+    def __init__(self, config: KafkaConfig | None = None, notifier: Notifier | None = None) -> None:
+        self.config = config or KafkaConfig.from_env()
+        self.analytics_consumer = AnalyticsConsumer(self.config)
+        self.notification_consumer = NotificationConsumer(self.config, notifier=notifier)
+        self.is_running = False
+
+    async def start(self) -> None:
+        """Start both consumers and run them until ``stop()``."""
+        self.is_running = True
+        await self.analytics_consumer.start()
+        await self.notification_consumer.start()
+        await asyncio.gather(self._run_analytics(), self._run_notifications())
+
+    async def _run_analytics(self) -> None:
+        while self.is_running:
+            try:
+                await self.analytics_consumer.consume_with_retry(
+                    handler=self.analytics_consumer.process_event, max_retries=3
+                )
+            except Exception:
+                logger.exception("analytics consumer error; retrying in 5 s")
+                await asyncio.sleep(5)
+
+    async def _run_notifications(self) -> None:
+        while self.is_running:
+            try:
+                await self.notification_consumer.consume_with_retry(
+                    handler=self.notification_consumer.process_event, max_retries=3
+                )
+            except Exception:
+                logger.exception("notification consumer error; retrying in 5 s")
+                await asyncio.sleep(5)
+
+    async def stop(self) -> None:
+        """Stop both consumers (each finishes its record, commits and leaves the group)."""
+        self.is_running = False
+        await self.analytics_consumer.stop()
+        await self.notification_consumer.stop()
+
+
+async def serve(
+    service: EventProcessorService, stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> None:
+    """Run ``service`` until one of ``stop_signals`` arrives, then stop it."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in stop_signals:
+        loop.add_signal_handler(sig, stop_requested.set)
+    runner = asyncio.create_task(service.start())
+    waiter = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        logger.info("event processor stopping")
+        await service.stop()
+        await runner  # the consume loops end once the consumers stopped
+    finally:
+        waiter.cancel()
+        for sig in stop_signals:
+            loop.remove_signal_handler(sig)
+
+
+def run_processor(config: KafkaConfig | None = None, notifier: Notifier | None = None) -> None:
+    """Blocking entry point of ``chipq processor``: run until SIGTERM/SIGINT, stop cleanly."""
+    asyncio.run(serve(EventProcessorService(config, notifier)))
