@@ -1,0 +1,224 @@
+"""Decoded events → Arrow tables shaped like the raw tables.
+
+One Python list per column, then ``pa.Table.from_pydict`` with an explicit schema:
+the fastest path measured (field notes: ~2× ``from_pylist``, ~200× ``executemany``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from chipq_pipelines.warehouse.types import LandedEvent, RejectedRecord
+
+CANARY_METADATA_KEY = "chipq_canary"
+
+_UTC = pa.timestamp("us", tz="UTC")
+_STRING_MAP = pa.map_(pa.string(), pa.string())
+
+INSPECTION_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_time", _UTC),
+        ("event_date", pa.date32()),
+        ("correlation_id", pa.string()),
+        ("inspection_id", pa.string()),
+        ("batch_id", pa.string()),
+        ("chip_id", pa.string()),
+        ("wafer_id", pa.string()),
+        ("station_id", pa.string()),
+        ("inspection_type", pa.string()),
+        ("status", pa.string()),
+        ("quality_score", pa.float64()),
+        ("defect_count", pa.int32()),
+        ("metadata", _STRING_MAP),
+        ("recipe_id", pa.string()),
+        ("is_canary", pa.bool_()),
+        ("kafka_topic", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp", _UTC),
+        ("ingested_at", _UTC),
+    ]
+)
+
+DEFECT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("defect_index", pa.int32()),
+        ("defect_type", pa.string()),
+        ("severity", pa.string()),
+        ("confidence", pa.float64()),
+        ("x", pa.float64()),
+        ("y", pa.float64()),
+    ]
+)
+
+QUALITY_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("event_time", _UTC),
+        ("correlation_id", pa.string()),
+        ("scope", pa.string()),
+        ("inspection_id", pa.string()),
+        ("batch_id", pa.string()),
+        ("chip_id", pa.string()),
+        ("event_date", pa.date32()),
+        ("defect_type", pa.string()),
+        ("rule", pa.string()),
+        ("threshold", pa.float64()),
+        ("observed_value", pa.float64()),
+        ("quality_score", pa.float64()),
+        ("pass_fail", pa.bool_()),
+        ("alert_level", pa.string()),
+        ("metadata", _STRING_MAP),
+        ("model_version", pa.string()),
+        ("is_canary", pa.bool_()),
+        ("kafka_topic", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp", _UTC),
+        ("ingested_at", _UTC),
+    ]
+)
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("topic", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("raw", pa.binary()),
+        ("reason", pa.string()),
+        ("rejected_at", _UTC),
+    ]
+)
+
+_INSPECTION_COPIED = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "inspection_id",
+    "batch_id",
+    "chip_id",
+    "wafer_id",
+    "station_id",
+    "inspection_type",
+    "status",
+    "quality_score",
+    "recipe_id",
+)
+_QUALITY_COPIED = (
+    "event_id",
+    "event_type",
+    "event_time",
+    "inspection_id",
+    "batch_id",
+    "chip_id",
+    "defect_type",
+    "rule",
+    "threshold",
+    "observed_value",
+    "quality_score",
+    "pass_fail",
+    "alert_level",
+    "model_version",
+)
+
+
+def is_canary(metadata: dict[str, str] | None) -> bool:
+    """Whether an event's metadata marks it as an end-to-end canary."""
+    return metadata is not None and metadata.get(CANARY_METADATA_KEY) == "true"
+
+
+def utc_date(moment: dt.datetime) -> dt.date:
+    """The UTC calendar date of an aware datetime."""
+    return moment.astimezone(dt.UTC).date()
+
+
+def _kafka_timestamp(timestamp_ms: int | None) -> dt.datetime | None:
+    if timestamp_ms is None or timestamp_ms <= 0:
+        return None
+    return dt.datetime.fromtimestamp(timestamp_ms / 1000, tz=dt.UTC)
+
+
+def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables for ``raw.inspection_events`` and ``raw.defects`` from validated events."""
+    columns: dict[str, list[object]] = {name: [] for name in INSPECTION_SCHEMA.names}
+    defects: dict[str, list[object]] = {name: [] for name in DEFECT_SCHEMA.names}
+    copied = [(name, columns[name]) for name in _INSPECTION_COPIED]
+    for event, coordinates in events:
+        for name, column in copied:
+            column.append(event.get(name))
+        metadata = event.get("metadata") or {}
+        event_defects = event.get("defects") or []
+        columns["correlation_id"].append(event.get("correlation_id", ""))
+        columns["event_date"].append(utc_date(event["event_time"]))
+        columns["defect_count"].append(len(event_defects))
+        columns["metadata"].append(list(metadata.items()))
+        columns["is_canary"].append(is_canary(metadata))
+        columns["kafka_topic"].append(coordinates.topic)
+        columns["kafka_partition"].append(coordinates.partition)
+        columns["kafka_offset"].append(coordinates.offset)
+        columns["kafka_timestamp"].append(_kafka_timestamp(coordinates.timestamp_ms))
+        columns["ingested_at"].append(ingested_at)
+        for index, defect in enumerate(event_defects):
+            location = defect["location"]
+            defects["event_id"].append(event["event_id"])
+            defects["defect_index"].append(index)
+            defects["defect_type"].append(defect["defect_type"])
+            defects["severity"].append(defect["severity"])
+            defects["confidence"].append(defect["confidence"])
+            defects["x"].append(location["x"])
+            defects["y"].append(location["y"])
+    return (
+        pa.Table.from_pydict(columns, schema=INSPECTION_SCHEMA),
+        pa.Table.from_pydict(defects, schema=DEFECT_SCHEMA),
+    )
+
+
+def quality_table(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> pa.Table:
+    """Arrow table for ``raw.quality_events`` from validated events."""
+    columns: dict[str, list[object]] = {name: [] for name in QUALITY_SCHEMA.names}
+    copied = [(name, columns[name]) for name in _QUALITY_COPIED]
+    for event, coordinates in events:
+        for name, column in copied:
+            column.append(event.get(name))
+        metadata = event.get("metadata") or {}
+        event_date = event.get("event_date")
+        columns["correlation_id"].append(event.get("correlation_id", ""))
+        columns["scope"].append(event.get("scope") or "INSPECTION")
+        columns["event_date"].append(dt.date.fromisoformat(event_date) if event_date else None)
+        columns["metadata"].append(list(metadata.items()))
+        columns["is_canary"].append(is_canary(metadata))
+        columns["kafka_topic"].append(coordinates.topic)
+        columns["kafka_partition"].append(coordinates.partition)
+        columns["kafka_offset"].append(coordinates.offset)
+        columns["kafka_timestamp"].append(_kafka_timestamp(coordinates.timestamp_ms))
+        columns["ingested_at"].append(ingested_at)
+    return pa.Table.from_pydict(columns, schema=QUALITY_SCHEMA)
+
+
+def rejected_table(records: Sequence[RejectedRecord], rejected_at: dt.datetime) -> pa.Table:
+    """Arrow table for ``ops.rejected_events``."""
+    return pa.Table.from_pydict(
+        {
+            "topic": [r.topic for r in records],
+            "partition": [r.partition for r in records],
+            "offset": [r.offset for r in records],
+            "key": [r.key for r in records],
+            "raw": [r.raw for r in records],
+            "reason": [r.reason for r in records],
+            "rejected_at": [rejected_at] * len(records),
+        },
+        schema=REJECTED_SCHEMA,
+    )
+
+
+def event_ids_table(event_ids: Sequence[str]) -> pa.Table:
+    """One-column Arrow table of event ids (for the already-landed lookup)."""
+    return pa.Table.from_pydict({"event_id": list(event_ids)}, schema=pa.schema([("event_id", pa.string())]))

@@ -1,0 +1,1 @@
+"""SQL files of the warehouse (DDL ``ddl_*.sql`` and bound-parameter statements)."""

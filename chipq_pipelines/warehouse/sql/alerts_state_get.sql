@@ -1,0 +1,1 @@
+SELECT watermark, rules_version FROM ops.alert_state WHERE name = $name;

@@ -1,0 +1,36 @@
+-- Operational tables: Kafka offsets owned by the warehouse, and poison records.
+CREATE SCHEMA IF NOT EXISTS ops;
+
+CREATE TABLE IF NOT EXISTS ops.ingested_offsets (
+    topic        VARCHAR     NOT NULL,
+    partition    INTEGER     NOT NULL,
+    next_offset  BIGINT      NOT NULL,
+    updated_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+
+COMMENT ON TABLE ops.ingested_offsets IS 'Per topic partition, the next Kafka offset to read (last landed + 1); written in the same transaction as the rows.';
+COMMENT ON COLUMN ops.ingested_offsets.topic IS 'Kafka topic.';
+COMMENT ON COLUMN ops.ingested_offsets.partition IS 'Kafka partition.';
+COMMENT ON COLUMN ops.ingested_offsets.next_offset IS 'Next offset to read: every offset below it is landed, rejected or was never present.';
+COMMENT ON COLUMN ops.ingested_offsets.updated_at IS 'When the offset last moved.';
+
+CREATE TABLE IF NOT EXISTS ops.rejected_events (
+    topic        VARCHAR     NOT NULL,
+    partition    INTEGER     NOT NULL,
+    "offset"     BIGINT      NOT NULL,
+    key          BLOB,
+    raw          BLOB        NOT NULL,
+    reason       VARCHAR     NOT NULL,
+    rejected_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+
+COMMENT ON TABLE ops.rejected_events IS 'Poison records: what could not be decoded or failed validation, with the raw bytes and why. Nothing is lost.';
+COMMENT ON COLUMN ops.rejected_events.topic IS 'Kafka topic.';
+COMMENT ON COLUMN ops.rejected_events.partition IS 'Kafka partition.';
+COMMENT ON COLUMN ops.rejected_events."offset" IS 'Kafka offset (quote it: "offset").';
+COMMENT ON COLUMN ops.rejected_events.key IS 'Record key bytes, as read.';
+COMMENT ON COLUMN ops.rejected_events.raw IS 'Record value bytes as read (or the decoded event as JSON when the bytes were not kept).';
+COMMENT ON COLUMN ops.rejected_events.reason IS 'Why it was rejected.';
+COMMENT ON COLUMN ops.rejected_events.rejected_at IS 'When it was rejected.';

@@ -1,0 +1,1 @@
+INSERT INTO raw.defects BY NAME SELECT * FROM landing_defects;

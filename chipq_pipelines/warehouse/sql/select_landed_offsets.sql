@@ -1,0 +1,1 @@
+SELECT partition, next_offset FROM ops.ingested_offsets WHERE topic = $topic ORDER BY partition;
