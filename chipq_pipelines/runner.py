@@ -107,9 +107,9 @@ def catch_up(
     """Evaluate sensors and execute their runs until there is no new work."""
     dagster_home = ensure_dagster_home()
     if defs is None:
-        from chipq_pipelines.definitions import defs as loaded
+        from chipq_pipelines.definitions import build_defs
 
-        defs = loaded
+        defs = build_defs()
     instance = dg.DagsterInstance.get()
     report = CatchUpReport()
     started = time.monotonic()
@@ -118,9 +118,16 @@ def catch_up(
             echo(f"marked run {run_id[:8]} failed: its process had died")
         cursor_path = dagster_home / CURSOR_FILE
         cursors: dict[str, str | None] = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
-        sensor_names = ["inspection_offsets_sensor", "quality_offsets_sensor", "mart_partitions_sensor"]
+        sensor_names = [
+            "inspection_offsets_sensor",
+            "quality_offsets_sensor",
+            "mart_partitions_sensor",
+            "alerts_sensor",
+        ]
+        idle_rounds = 0
         for report.rounds in range(1, max_rounds + 1):
             executed = 0
+            before = (report.records_read, sum(report.runs.values()) - report.runs.get("publish_analyst_snapshot", 0))
             for name in sensor_names:
                 sensor = defs.resolve_sensor_def(name)
                 context = dg.build_sensor_context(
@@ -142,6 +149,14 @@ def catch_up(
                 cursors[name] = data.cursor
                 cursor_path.write_text(json.dumps(cursors))
             if executed == 0:
+                break
+            # Runs that read nothing and change nothing, round after round, mean
+            # the plan cannot advance (e.g. offsets cannot be committed): stop.
+            after = (report.records_read, sum(report.runs.values()) - report.runs.get("publish_analyst_snapshot", 0))
+            ingest_runs = after[1] - before[1]
+            idle_rounds = idle_rounds + 1 if after[0] == before[0] and ingest_runs == executed else 0
+            if idle_rounds >= 3:
+                echo("warning: the last rounds read no new records; stopping (check the logs of the last ingest run)")
                 break
     finally:
         report.seconds = time.monotonic() - started
@@ -184,3 +199,5 @@ def _execute(
         raise CatchUpError(f"run {result.run_id} ({label}) failed; open it in the Dagster UI (`chipq ui`) for logs")
     if job_name.startswith("ingest"):
         echo(f"  {label}: run {result.run_id[:8]} ok, {report.records_read} records read so far")
+    else:
+        echo(f"  {label}: run {result.run_id[:8]} ok")

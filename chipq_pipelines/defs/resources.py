@@ -14,7 +14,9 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
+from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.warehouse import schema as warehouse_schema
 
@@ -29,6 +31,10 @@ class KafkaResource(dg.ConfigurableResource):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_ca_location: str | None = None
+    inspection_topic: str = INSPECTION_TOPIC
+    quality_topic: str = QUALITY_TOPIC
+    #: The group whose committed offsets mirror what the warehouse has landed.
+    pipeline_group: str = PIPELINE_GROUP
 
     def config(self) -> KafkaConfig:
         return KafkaConfig(
@@ -92,6 +98,10 @@ KAFKA_ENV = {
     "sasl_username": "KAFKA_SASL_USERNAME",
     "sasl_password": "KAFKA_SASL_PASSWORD",
     "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+    # Overrides for isolated environments (tests, staging) sharing one cluster.
+    "inspection_topic": "CHIPQ_INSPECTION_TOPIC",
+    "quality_topic": "CHIPQ_QUALITY_TOPIC",
+    "pipeline_group": "CHIPQ_PIPELINE_GROUP",
 }
 WAREHOUSE_ENV = {"path": "CHIPQ_WAREHOUSE", "snapshot_path": "CHIPQ_ANALYST_SNAPSHOT"}
 

@@ -7,7 +7,6 @@ import dagster as dg
 from chipq_pipelines.defs.ingest.reader import IngestSummary, ingest_ranges
 from chipq_pipelines.defs.partitions import LANDING_BOUNDS
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
-from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 
 WRITER_POOL = "duckdb_writer"
 OWNER = "team:quality-analytics"
@@ -60,7 +59,14 @@ def _ingest(
 
     with warehouse.connect() as conn:
         summary = ingest_ranges(
-            kafka.config(), conn, topic, planned, chunk_size=config.chunk_size, bounds=LANDING_BOUNDS, progress=progress
+            kafka.config(),
+            conn,
+            topic,
+            planned,
+            chunk_size=config.chunk_size,
+            bounds=LANDING_BOUNDS,
+            progress=progress,
+            group_id=kafka.pipeline_group,
         )
     for warning in summary.warnings:
         context.log.warning(warning)
@@ -87,7 +93,7 @@ def raw_inspection_events(
     context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Land an offset range of the inspection topic in DuckDB."""
-    return _ingest(context, config, kafka, warehouse, INSPECTION_TOPIC)
+    return _ingest(context, config, kafka, warehouse, kafka.inspection_topic)
 
 
 @dg.asset(
@@ -105,7 +111,7 @@ def raw_quality_events(
     context: dg.AssetExecutionContext, config: IngestConfig, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """Land an offset range of the quality topic in DuckDB."""
-    return _ingest(context, config, kafka, warehouse, QUALITY_TOPIC)
+    return _ingest(context, config, kafka, warehouse, kafka.quality_topic)
 
 
 ingest_inspection_job = dg.define_asset_job("ingest_inspection_events", selection=[raw_inspection_events])

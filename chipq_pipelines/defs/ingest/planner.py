@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.events.config import KafkaConfig
@@ -13,20 +13,28 @@ from chipq_pipelines.events.config import KafkaConfig
 CALL_TIMEOUT_S = 5.0
 
 
+# A new cluster creates __consumer_offsets on first use; coordinators move on failover.
+_COORDINATOR_MOVING = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+}
+
+
 class TopicNotReady(RuntimeError):
     """The topic does not exist (yet) or has no partitions."""
 
 
-def plan_ranges(kafka: KafkaConfig, topic: str, max_records: int) -> dict[int, tuple[int, int]]:
+def plan_ranges(
+    kafka: KafkaConfig, topic: str, max_records: int, group_id: str = PIPELINE_GROUP
+) -> dict[int, tuple[int, int]]:
     """partition → [start, end) of records not yet landed, at most ``max_records`` in all.
 
     Starts at the offsets the ingest runs committed to the ``chipq-dagster``
     group (a lower bound of what DuckDB holds: runs commit after landing), or
     at the low watermark for a partition never committed.
     """
-    consumer = Consumer(
-        kafka.librdkafka_config(**{"group.id": PIPELINE_GROUP, "enable.auto.commit": False, "log_level": 3})
-    )
+    consumer = Consumer(kafka.librdkafka_config(**{"group.id": group_id, "enable.auto.commit": False, "log_level": 3}))
     try:
         metadata = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S)
         info = metadata.topics.get(topic)
@@ -56,7 +64,8 @@ def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[Top
             return list(consumer.committed(partitions, timeout=CALL_TIMEOUT_S))
         except KafkaException as exc:
             error = exc.args[0]
-            if not getattr(error, "retriable", lambda: False)() or time.monotonic() > deadline:
+            transient = error.retriable() or error.code() in _COORDINATOR_MOVING
+            if not transient or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

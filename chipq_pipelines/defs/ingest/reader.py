@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import DeserializationError
 from chipq_pipelines.events.serialization import latest_reader_decoder
-from chipq_pipelines.warehouse.landing import land_batch, landed_offsets
+from chipq_pipelines.warehouse.landing import land_batch, landed_offsets, pending_partitions
 from chipq_pipelines.warehouse.types import KafkaCoordinates, LandingResult, RejectedRecord, ValidationBounds
 
 #: The consumer group whose committed offsets mirror what DuckDB has landed.
@@ -81,6 +81,7 @@ def ingest_ranges(
     bounds: ValidationBounds | None = None,
     stall_timeout_s: float = 30.0,
     progress: Callable[[IngestSummary], None] | None = None,
+    group_id: str = PIPELINE_GROUP,
 ) -> IngestSummary:
     """Read ``planned`` (partition → [start, end)) from ``topic`` and land it.
 
@@ -93,7 +94,7 @@ def ingest_ranges(
     consumer = Consumer(
         kafka.librdkafka_config(
             **{
-                "group.id": PIPELINE_GROUP,
+                "group.id": group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
@@ -119,6 +120,10 @@ def ingest_ranges(
         _commit_to_group(consumer, topic, summary)
     finally:
         consumer.close()
+    # Partitions an earlier run landed but crashed before reporting: report them too.
+    pending_days, pending_lots = pending_partitions(conn)
+    summary.touched_event_dates |= pending_days
+    summary.touched_lot_ids |= pending_lots
     return summary
 
 
@@ -253,6 +258,6 @@ def _commit_to_group(consumer: Consumer, topic: str, summary: IngestSummary) -> 
     try:
         consumer.commit(offsets=offsets, asynchronous=False)
     except KafkaException as exc:
-        note = f"landed offsets not mirrored to group {PIPELINE_GROUP} ({exc}); the next run re-commits them"
+        note = f"landed offsets not mirrored to the pipeline group ({exc}); the next run re-commits them"
         summary.warnings.append(note)
         log.warning("%s", note)

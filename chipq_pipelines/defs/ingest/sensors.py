@@ -21,6 +21,7 @@ from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 MAX_RECORDS_PER_RUN = 100_000
 #: A requested run that never appears for this long is considered lost and re-planned.
 LOST_RUN_AFTER_S = 300.0
+DEFAULT_TOPICS = {"inspection_topic": INSPECTION_TOPIC, "quality_topic": QUALITY_TOPIC}
 _UNFINISHED = {
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -50,25 +51,29 @@ def _inflight_status(context: dg.SensorEvaluationContext, cursor: dict) -> str |
     return None
 
 
-def build_offset_sensor(name: str, topic: str, job: "UnresolvedAssetJobDefinition") -> dg.SensorDefinition:
+def build_offset_sensor(name: str, topic_field: str, job: "UnresolvedAssetJobDefinition") -> dg.SensorDefinition:
+    """An offset planner for the topic named by ``KafkaResource.<topic_field>``."""
+
     @dg.sensor(
         name=name,
         job=job,
         minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            f"Plans exact offset ranges of `{topic}` from Kafka watermarks and the `chipq-dagster` "
-            f"group's committed offsets, at most {MAX_RECORDS_PER_RUN} records and one run in flight."
+            f"Plans exact offset ranges of `{DEFAULT_TOPICS[topic_field]}` from Kafka watermarks and the "
+            f"`chipq-dagster` group's committed offsets: at most {MAX_RECORDS_PER_RUN} records a run, "
+            "one run in flight. The topic and group can be overridden (CHIPQ_INSPECTION_TOPIC, ...)."
         ),
     )
     def offset_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult:
+        topic = getattr(kafka, topic_field)
         cursor = json.loads(context.cursor) if context.cursor else {}
         blocked = _inflight_status(context, cursor)
         if blocked:
             return dg.SensorResult(skip_reason=blocked, cursor=context.cursor)
         seq = int(cursor.get("seq", 0))
         try:
-            ranges = plan_ranges(kafka.config(), topic, MAX_RECORDS_PER_RUN)
+            ranges = plan_ranges(kafka.config(), topic, MAX_RECORDS_PER_RUN, kafka.pipeline_group)
         except TopicNotReady as exc:
             return dg.SensorResult(skip_reason=str(exc), cursor=json.dumps({"seq": seq}))
         if not ranges:
@@ -100,5 +105,5 @@ def _asset_op_name(job: "UnresolvedAssetJobDefinition") -> str:
     ]
 
 
-inspection_offsets_sensor = build_offset_sensor("inspection_offsets_sensor", INSPECTION_TOPIC, ingest_inspection_job)
-quality_offsets_sensor = build_offset_sensor("quality_offsets_sensor", QUALITY_TOPIC, ingest_quality_job)
+inspection_offsets_sensor = build_offset_sensor("inspection_offsets_sensor", "inspection_topic", ingest_inspection_job)
+quality_offsets_sensor = build_offset_sensor("quality_offsets_sensor", "quality_topic", ingest_quality_job)
