@@ -157,6 +157,57 @@ def ui_command(port: int) -> None:
     raise SystemExit(subprocess.call([str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]))
 
 
+# ---------------------------------------------------------------- producing
+
+
+@main.command("simulate")
+@click.option("--events", "-n", type=click.IntRange(min=2), default=100_000, show_default=True, help="Events to send.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Same seed, same stream.")
+@click.option("--lots", type=click.IntRange(min=1), default=None, help="Lots to spread them over [one per 400 events].")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Pace: records per second.")
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write ground truth here.")
+@click.option("--start", type=click.DateTime(), default=None, help="UTC start of the stream [ends this hour].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def simulate_cmd(
+    events: int, seed: int, lots: int | None, rate: float | None, truth: Path | None, start, no_progress: bool
+) -> None:
+    """Publish a realistic fab event stream: lots, wafer maps, excursions and mess.
+
+    Lots of 25 wafers through stations and inspection types, WM-811K wafer-map
+    patterns, clustered defects, duplicates, out-of-order and late events and a
+    few poison records; excursions (drifting station, particle, scratch) with
+    their ground truth in --truth.
+
+    \b
+    Example:
+      chipq simulate --events 20000 --seed 7 --truth truth.json
+    """
+    from chipq_pipelines.events.errors import EventsError
+    from chipq_pipelines.simulate import simulate_command
+
+    try:
+        simulate_command(events, seed, lots, rate, truth, start, progress=not no_progress, echo=click.echo)
+    except (ValueError, EventsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("processor")
+def processor_cmd() -> None:
+    """Run the guide's EventProcessorService (analytics + notification consumers).
+
+    Consumes with KAFKA_BOOTSTRAP_SERVERS until SIGTERM or Ctrl-C, then commits
+    and leaves the consumer groups. Alerts go to the log, or to
+    CHIPQ_ALERT_WEBHOOK_URL / CHIPQ_ALERT_JSONL when set.
+    """
+    from chipq_pipelines.events.errors import ConfigError
+    from chipq_pipelines.events.processor import run_processor
+
+    try:
+        run_processor()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("home")
 def home() -> None:
     """Print where chipq keeps its local state."""
