@@ -208,6 +208,29 @@ def processor_cmd() -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("demo")
+@click.option("--events", "-n", type=click.IntRange(min=2), default=100_000, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--port", type=int, default=None, help="Broker port [9092, or a free one if busy].")
+def demo_cmd(events: int, seed: int, port: int | None) -> None:
+    """The main job, end to end: Kafka, a simulated day of a fab line, the pipeline, findings.
+
+    Starts the local broker, publishes the simulated stream, runs every sensor
+    and run in process until done, prints the headline figures (events landed
+    and rejected, worst lots, violations, excursions caught) and stops the
+    broker it started. The warehouse, snapshot and Dagster runs stay under
+    CHIPQ_HOME for `chipq ui` and `chipq sql`.
+    """
+    from chipq_pipelines.demo import run_demo
+    from chipq_pipelines.local_kafka import LocalKafkaError
+    from chipq_pipelines.runner import CatchUpError
+
+    try:
+        run_demo(events=events, seed=seed, port=port, echo=click.echo)
+    except (LocalKafkaError, CatchUpError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.command("home")
 def home() -> None:
     """Print where chipq keeps its local state."""

@@ -3,29 +3,44 @@
 import datetime as dt
 
 import dagster as dg
+import pandas as pd
 
 from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL, raw_inspection_events, raw_quality_events
 from chipq_pipelines.defs.partitions import daily_partitions, lot_id_from_partition_key, lot_partitions
 from chipq_pipelines.defs.resources import WarehouseResource
+from chipq_pipelines.warehouse.formatting import markdown_table
 from chipq_pipelines.warehouse.marts import rewrite_defect_rates, rewrite_lot_quality
 from chipq_pipelines.warehouse.snapshot import publish_snapshot
 from chipq_pipelines.warehouse.types import MartResult
 
 
-def _mart_metadata(result: MartResult) -> dict[str, dg.MetadataValue]:
-    columns = [dg.TableColumn(name, str(dtype)) for name, dtype in result.preview.dtypes.items()]
+def _mart_metadata(results: list[MartResult]) -> dict[str, dg.MetadataValue]:
+    """Rows, schema and a preview of the partitions one run rewrote (one, or a contiguous range)."""
+    first = results[0]
+    columns = [dg.TableColumn(name, str(dtype)) for name, dtype in first.preview.dtypes.items()]
+    previews = pd.concat([r.preview for r in results[:PREVIEW_PARTITIONS] if len(r.preview)], ignore_index=True)
+    partitions = [r.partition or "all" for r in results]
     return {
-        "partition": dg.MetadataValue.text(result.partition or "all"),
-        "dagster/row_count": dg.MetadataValue.int(result.row_count),
+        "partitions": dg.MetadataValue.text(
+            partitions[0] if len(partitions) == 1 else f"{len(partitions)}: {partitions[0]} … {partitions[-1]}"
+        ),
+        "dagster/row_count": dg.MetadataValue.int(sum(r.row_count for r in results)),
         "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns=columns)),
-        "preview": dg.MetadataValue.md(result.preview_markdown),
+        "preview": dg.MetadataValue.md(markdown_table(previews.head(20)) if len(previews) else "(no rows)"),
     }
+
+
+# One run may rewrite a contiguous range of partitions (the sensor asks for
+# ranges): one process and one DuckDB open for many lots instead of one each.
+SINGLE_RUN = dg.BackfillPolicy.single_run()
+PREVIEW_PARTITIONS = 5
 
 
 @dg.asset(
     key=["marts", "defect_rates"],
     deps=[raw_inspection_events],
     partitions_def=daily_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="quality_marts",
     owners=[OWNER],
     kinds={"duckdb", "sql"},
@@ -37,18 +52,19 @@ def _mart_metadata(result: MartResult) -> dict[str, dg.MetadataValue]:
     ),
 )
 def defect_rates(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Rewrite one day of ``marts.defect_rates`` in one transaction (idempotent)."""
-    day = dt.date.fromisoformat(context.partition_key)
+    """Rewrite the run's days of ``marts.defect_rates``, each in one transaction (idempotent)."""
+    days = [dt.date.fromisoformat(key) for key in context.partition_keys]
     with warehouse.connect() as conn:
-        result = rewrite_defect_rates(conn, day)
-    context.log.info(f"defect_rates {day}: {result.row_count} rows")
-    return dg.MaterializeResult(metadata=_mart_metadata(result))
+        results = [rewrite_defect_rates(conn, day) for day in days]
+    context.log.info(f"defect_rates: rewrote {len(results)} days, {sum(r.row_count for r in results)} rows")
+    return dg.MaterializeResult(metadata=_mart_metadata(results))
 
 
 @dg.asset(
     key=["marts", "lot_quality_scores"],
     deps=[raw_inspection_events],
     partitions_def=lot_partitions,
+    backfill_policy=SINGLE_RUN,
     group_name="quality_marts",
     owners=[OWNER],
     kinds={"duckdb", "sql"},
@@ -59,12 +75,12 @@ def defect_rates(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     ),
 )
 def lot_quality_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Rewrite one lot's row of ``marts.lot_quality_scores`` in one transaction (idempotent)."""
-    lot_id = lot_id_from_partition_key(context.partition_key)
+    """Rewrite the run's lots of ``marts.lot_quality_scores``, each in one transaction (idempotent)."""
+    lot_ids = [lot_id_from_partition_key(key) for key in context.partition_keys]
     with warehouse.connect() as conn:
-        result = rewrite_lot_quality(conn, lot_id, pass_threshold=warehouse.pass_threshold)
-    context.log.info(f"lot_quality_scores {lot_id!r}: {result.row_count} rows")
-    return dg.MaterializeResult(metadata=_mart_metadata(result))
+        results = [rewrite_lot_quality(conn, lot_id, pass_threshold=warehouse.pass_threshold) for lot_id in lot_ids]
+    context.log.info(f"lot_quality_scores: rewrote {len(results)} lots")
+    return dg.MaterializeResult(metadata=_mart_metadata(results))
 
 
 @dg.asset(

@@ -9,6 +9,7 @@ requests those partitions, then a fresh analyst snapshot.
 import json
 
 import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from chipq_pipelines.defs.ingest.assets import raw_inspection_events, raw_quality_events
 from chipq_pipelines.defs.marts.assets import (
@@ -27,6 +28,33 @@ _PAGE = 200
 def _latest_storage_id(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
     records = instance.fetch_materializations(key, limit=1).records
     return records[0].storage_id if records else 0
+
+
+def _range_requests(job_name: str, order: list[str], touched: set[str], tag: int | None) -> list[dg.RunRequest]:
+    """One run per contiguous block of touched partitions (in the partitions' own order)."""
+    blocks: list[list[str]] = []
+    previous = -2
+    for index, key in enumerate(order):
+        if key not in touched:
+            continue
+        if index != previous + 1:
+            blocks.append([])
+        blocks[-1].append(key)
+        previous = index
+    requests = []
+    for block in blocks:
+        first, last = block[0], block[-1]
+        if first == last:
+            requests.append(dg.RunRequest(run_key=f"{job_name}|{first}|{tag}", job_name=job_name, partition_key=first))
+        else:
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{job_name}|{first}..{last}|{tag}",
+                    job_name=job_name,
+                    tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+                )
+            )
+    return requests
 
 
 @dg.sensor(
@@ -56,22 +84,19 @@ def mart_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
         if "touched_lot_ids" in metadata:
             lots.update(metadata["touched_lot_ids"].value)  # type: ignore[arg-type]
     tag = records.records[-1].storage_id if records.records else None
-    valid_days = set(daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance))
-    requests: list[dg.RunRequest] = []
-    for day in sorted(days):
-        if day not in valid_days:
-            context.log.warning(f"event date {day} has no defect_rates partition; not requested")
-            continue
-        requests.append(
-            dg.RunRequest(run_key=f"defect_rates|{day}|{tag}", job_name=defect_rates_job.name, partition_key=day)
-        )
-    lot_keys = sorted({lot_partition_key(lot) for lot in lots})
-    known = set(context.instance.get_dynamic_partitions(lot_partitions.name))
-    new_lots = [key for key in lot_keys if key not in known]
-    for key in lot_keys:
-        requests.append(
-            dg.RunRequest(run_key=f"lot_quality|{key}|{tag}", job_name=lot_quality_job.name, partition_key=key)
-        )
+    day_order = daily_partitions.get_partition_keys(dynamic_partitions_store=context.instance)
+    unknown_days = sorted(days - set(day_order))
+    if unknown_days:
+        context.log.warning(f"event dates without a defect_rates partition, not requested: {unknown_days}")
+    known_lots = context.instance.get_dynamic_partitions(lot_partitions.name)
+    known = set(known_lots)
+    new_lots = sorted({lot_partition_key(lot) for lot in lots} - known)
+    lot_order = [*known_lots, *new_lots]  # new keys are appended in this order
+    lot_keys = {lot_partition_key(lot) for lot in lots}
+    requests = [
+        *_range_requests(defect_rates_job.name, day_order, days, tag),
+        *_range_requests(lot_quality_job.name, lot_order, lot_keys, tag),
+    ]
 
     # Snapshot: whenever anything it copies changed after the last snapshot.
     newest_source = max(
