@@ -18,7 +18,8 @@ def _mart_metadata(results: list[MartResult]) -> dict[str, dg.MetadataValue]:
     """Rows, schema and a preview of the partitions one run rewrote (one, or a contiguous range)."""
     first = results[0]
     columns = [dg.TableColumn(name, str(dtype)) for name, dtype in first.preview.dtypes.items()]
-    previews = pd.concat([r.preview for r in results[:PREVIEW_PARTITIONS] if len(r.preview)], ignore_index=True)
+    frames = [r.preview for r in results[:PREVIEW_PARTITIONS] if len(r.preview)]
+    previews = pd.concat(frames, ignore_index=True) if frames else first.preview
     partitions = [r.partition or "all" for r in results]
     return {
         "partitions": dg.MetadataValue.text(
