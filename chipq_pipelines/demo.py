@@ -107,10 +107,9 @@ def summarize(home: ChipqHome, truth: dict[str, Any], echo: Callable[[str], Any]
     figures.update(_alerts_summary(snapshot, truth, echo))
     echo(
         "\nnext:\n"
-        "  chipq ui                         the Dagster UI: assets, runs, checks (then: make demo keeps the data)\n"
+        "  chipq ui                         the Dagster UI: assets, runs and checks of this demo\n"
         '  chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"\n'
-        "  chipq alerts                     recent threshold violations\n"
-        "  chipq report --out report.html   defect Pareto, trends, control chart"
+        "  chipq alerts                     recent threshold violations"
     )
     return figures
 
