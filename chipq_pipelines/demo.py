@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 
-from chipq_pipelines.local_kafka import LocalKafka, _port_is_free, free_port
+from chipq_pipelines.local_kafka import LocalKafka, free_port, port_is_free
 from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.warehouse.formatting import markdown_table
 from chipq_pipelines.warehouse.snapshot import query_snapshot
@@ -28,18 +29,18 @@ DEFAULT_PORT = 9092
 def _broker(port: int | None, echo: Callable[[str], Any]) -> LocalKafka:
     if port is None:
         port = DEFAULT_PORT
-        if not _port_is_free(port) and not LocalKafka.for_port(port).is_running():
+        if not port_is_free(port) and not LocalKafka.for_port(port).is_running():
             port = free_port()
             echo(f"port {DEFAULT_PORT} is busy: the demo broker uses {port}")
     return LocalKafka.for_port(port)
 
 
-def _table_exists(snapshot: Path, schema: str, table: str) -> bool:
-    frame = query_snapshot(
-        snapshot,
-        f"SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = '{schema}' AND table_name = '{table}'",
-    )
-    return int(frame["n"][0]) > 0
+def _has_alert_tables(snapshot: Path) -> bool:
+    try:
+        query_snapshot(snapshot, "SELECT 1 FROM ops.alert_outbox LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
 
 
 def run_demo(
@@ -115,7 +116,7 @@ def summarize(home: ChipqHome, truth: dict[str, Any], echo: Callable[[str], Any]
 
 
 def _alerts_summary(snapshot: Path, truth: dict[str, Any], echo: Callable[[str], Any]) -> dict[str, Any]:
-    if not _table_exists(snapshot, "ops", "alert_outbox"):
+    if not _has_alert_tables(snapshot):
         echo("\n(no alert tables in this warehouse)")
         return {}
     alerts = query_snapshot(

@@ -87,7 +87,7 @@ def kafka_version(lib_dir: Path) -> str:
 # ---------------------------------------------------------------- processes
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     """True when nothing listens on 127.0.0.1:``port``.
 
     A connect test, not a bind test: right after a broker is killed its old
@@ -251,7 +251,7 @@ class LocalKafka:
                 f"a broker process (pid {self.pid()}) of {self.instance_dir} runs but does not answer on "
                 f"{self.bootstrap}; run `chipq kafka down --port {self.port}` and start again.\n{self.log_tail()}"
             )
-        if not _port_is_free(self.port):
+        if not port_is_free(self.port):
             raise LocalKafkaError(
                 f"port {self.port} on 127.0.0.1 is held by another process: stop it, or pick another port "
                 f"with `chipq kafka up --port N` (and KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:N)"
@@ -260,7 +260,7 @@ class LocalKafka:
         self.instance_dir.mkdir(parents=True, exist_ok=True)
         meta = self._instance_meta()
         controller_port = int(str(meta["controller_port"]))
-        if not _port_is_free(controller_port):
+        if not port_is_free(controller_port):
             raise LocalKafkaError(
                 f"the controller port {controller_port} of {self.instance_dir} is held by another process; "
                 f"free it, or delete {self.instance_dir} to start this broker afresh"
