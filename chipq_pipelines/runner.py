@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from chipq_pipelines.paths import ChipqHome
 
@@ -110,58 +111,73 @@ def catch_up(
         from chipq_pipelines.definitions import build_defs
 
         defs = build_defs()
-    instance = dg.DagsterInstance.get()
     report = CatchUpReport()
     started = time.monotonic()
-    try:
-        for run_id in recover_orphaned_runs(instance):
-            echo(f"marked run {run_id[:8]} failed: its process had died")
-        cursor_path = dagster_home / CURSOR_FILE
-        cursors: dict[str, str | None] = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
-        sensor_names = [
-            "inspection_offsets_sensor",
-            "quality_offsets_sensor",
-            "mart_partitions_sensor",
-            "alerts_sensor",
-        ]
-        idle_rounds = 0
-        for report.rounds in range(1, max_rounds + 1):
-            executed = 0
-            before = (report.records_read, sum(report.runs.values()) - report.runs.get("publish_analyst_snapshot", 0))
-            for name in sensor_names:
-                sensor = defs.resolve_sensor_def(name)
-                context = dg.build_sensor_context(
-                    instance_ref=instance.get_ref(),
-                    cursor=cursors.get(name),
-                    definitions=defs,
-                    sensor_name=name,
-                    resources=defs.resources,
-                )
-                data = sensor.evaluate_tick(context)
-                for request in data.dynamic_partitions_requests or []:
-                    if isinstance(request, dg.AddDynamicPartitionsRequest):
-                        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-                for run_request in data.run_requests or []:
-                    if run_request.run_key and _succeeded(instance, run_request.run_key):
-                        continue
-                    _execute(defs, instance, name, run_request, report, echo)
-                    executed += 1
-                cursors[name] = data.cursor
-                cursor_path.write_text(json.dumps(cursors))
-            if executed == 0:
-                break
-            # Runs that read nothing and change nothing, round after round, mean
-            # the plan cannot advance (e.g. offsets cannot be committed): stop.
-            after = (report.records_read, sum(report.runs.values()) - report.runs.get("publish_analyst_snapshot", 0))
-            ingest_runs = after[1] - before[1]
-            idle_rounds = idle_rounds + 1 if after[0] == before[0] and ingest_runs == executed else 0
-            if idle_rounds >= 3:
-                echo("warning: the last rounds read no new records; stopping (check the logs of the last ingest run)")
-                break
-    finally:
-        report.seconds = time.monotonic() - started
-        instance.dispose()
+    with dg.DagsterInstance.get() as instance:
+        _catch_up(defs, instance, dagster_home, report, max_rounds, echo)
+    report.seconds = time.monotonic() - started
     return report
+
+
+def _catch_up(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    dagster_home: Path,
+    report: CatchUpReport,
+    max_rounds: int,
+    echo: Callable[[str], None],
+) -> None:
+    for run_id in recover_orphaned_runs(instance):
+        echo(f"marked run {run_id[:8]} failed: its process had died")
+    # Resolve the repository once, up front, with no definitions-state storage:
+    # chipq has no state-backed definitions, and the storage Dagster tracks as
+    # "current" can belong to a short-lived instance (each sensor context makes
+    # one) that is already collected, which fails the load intermittently.
+    with set_defs_state_storage(None):
+        defs.get_repository_def()
+    cursor_path = dagster_home / CURSOR_FILE
+    cursors: dict[str, str | None] = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
+    sensor_names = [
+        "inspection_offsets_sensor",
+        "quality_offsets_sensor",
+        "mart_partitions_sensor",
+        "alerts_sensor",
+    ]
+    idle_rounds = 0
+    for report.rounds in range(1, max_rounds + 1):
+        executed: list[str] = []
+        records_before = report.records_read
+        for name in sensor_names:
+            sensor = defs.resolve_sensor_def(name)
+            context = dg.build_sensor_context(
+                instance_ref=instance.get_ref(),
+                cursor=cursors.get(name),
+                definitions=defs,
+                sensor_name=name,
+                resources=defs.resources,
+            )
+            data = sensor.evaluate_tick(context)
+            for request in data.dynamic_partitions_requests or []:
+                if isinstance(request, dg.AddDynamicPartitionsRequest):
+                    instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+            for run_request in data.run_requests or []:
+                if run_request.run_key and _succeeded(instance, run_request.run_key):
+                    continue
+                _execute(defs, instance, name, run_request, report, echo)
+                executed.append(run_request.job_name or "")
+            cursors[name] = data.cursor
+            cursor_path.write_text(json.dumps(cursors))
+        if not executed:
+            break
+        # Ingest runs that read nothing, round after round, mean the plan cannot
+        # advance (e.g. the landed offsets cannot be committed to the group): stop.
+        only_empty_ingests = report.records_read == records_before and all(
+            job.startswith("ingest") or job == "publish_analyst_snapshot" for job in executed
+        )
+        idle_rounds = idle_rounds + 1 if only_empty_ingests else 0
+        if idle_rounds >= 3:
+            echo("warning: the last rounds read no new records; stopping (check the logs of the last ingest run)")
+            break
 
 
 def _execute(

@@ -7,9 +7,10 @@ import, so the same code runs under the daemon, in tests and in Docker.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -35,6 +36,8 @@ class KafkaResource(dg.ConfigurableResource):
     quality_topic: str = QUALITY_TOPIC
     #: The group whose committed offsets mirror what the warehouse has landed.
     pipeline_group: str = PIPELINE_GROUP
+    #: Records one ingest run reads at most (all partitions together).
+    max_records_per_run: int = 100_000
 
     def config(self) -> KafkaConfig:
         return KafkaConfig(
@@ -85,7 +88,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     in the UI by name only: the SASL password never appears in run config).
     Unset ones keep the field's default: Dagster fails a run on an unset EnvVar.
     """
-    kafka = KafkaResource(**_env_vars(KAFKA_ENV))
+    kafka = KafkaResource(**_env_vars(KAFKA_ENV), **_env_vars(KAFKA_INT_ENV, dg.EnvVar.int))
     warehouse = WarehouseResource(**_env_vars(WAREHOUSE_ENV))
     return {"kafka": kafka, "warehouse": warehouse}
 
@@ -103,8 +106,9 @@ KAFKA_ENV = {
     "quality_topic": "CHIPQ_QUALITY_TOPIC",
     "pipeline_group": "CHIPQ_PIPELINE_GROUP",
 }
+KAFKA_INT_ENV = {"max_records_per_run": "CHIPQ_MAX_RECORDS_PER_RUN"}
 WAREHOUSE_ENV = {"path": "CHIPQ_WAREHOUSE", "snapshot_path": "CHIPQ_ANALYST_SNAPSHOT"}
 
 
-def _env_vars(fields: dict[str, str]) -> dict[str, dg.EnvVar]:
-    return {field: dg.EnvVar(var) for field, var in fields.items() if os.environ.get(var)}
+def _env_vars(fields: dict[str, str], make: Callable[[str], Any] = dg.EnvVar) -> dict[str, Any]:
+    return {field: make(var) for field, var in fields.items() if os.environ.get(var)}

@@ -17,8 +17,6 @@ from chipq_pipelines.defs.ingest.planner import TopicNotReady, plan_ranges
 from chipq_pipelines.defs.resources import KafkaResource
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 
-#: Records one ingest run reads at most (all partitions together).
-MAX_RECORDS_PER_RUN = 100_000
 #: A requested run that never appears for this long is considered lost and re-planned.
 LOST_RUN_AFTER_S = 300.0
 DEFAULT_TOPICS = {"inspection_topic": INSPECTION_TOPIC, "quality_topic": QUALITY_TOPIC}
@@ -61,7 +59,7 @@ def build_offset_sensor(name: str, topic_field: str, job: "UnresolvedAssetJobDef
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Plans exact offset ranges of `{DEFAULT_TOPICS[topic_field]}` from Kafka watermarks and the "
-            f"`chipq-dagster` group's committed offsets: at most {MAX_RECORDS_PER_RUN} records a run, "
+            "`chipq-dagster` group's committed offsets: at most CHIPQ_MAX_RECORDS_PER_RUN (100,000) records a run, "
             "one run in flight. The topic and group can be overridden (CHIPQ_INSPECTION_TOPIC, ...)."
         ),
     )
@@ -73,7 +71,7 @@ def build_offset_sensor(name: str, topic_field: str, job: "UnresolvedAssetJobDef
             return dg.SensorResult(skip_reason=blocked, cursor=context.cursor)
         seq = int(cursor.get("seq", 0))
         try:
-            ranges = plan_ranges(kafka.config(), topic, MAX_RECORDS_PER_RUN, kafka.pipeline_group)
+            ranges = plan_ranges(kafka.config(), topic, kafka.max_records_per_run, kafka.pipeline_group)
         except TopicNotReady as exc:
             return dg.SensorResult(skip_reason=str(exc), cursor=json.dumps({"seq": seq}))
         if not ranges:

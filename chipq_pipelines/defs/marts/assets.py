@@ -1,6 +1,7 @@
 """Quality marts (daily defect rates, per-lot quality scores) and the analyst snapshot."""
 
 import datetime as dt
+import warnings
 
 import dagster as dg
 import pandas as pd
@@ -33,6 +34,8 @@ def _mart_metadata(results: list[MartResult]) -> dict[str, dg.MetadataValue]:
 
 # One run may rewrite a contiguous range of partitions (the sensor asks for
 # ranges): one process and one DuckDB open for many lots instead of one each.
+# (Dagster labels the parameter beta; we rely only on its documented behaviour.)
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 PREVIEW_PARTITIONS = 5
 
