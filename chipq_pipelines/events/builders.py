@@ -7,6 +7,7 @@ event equals the one that was built.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -44,6 +45,8 @@ _QUALITY_DEFAULTS: dict[str, Any] = {
 
 def utc_millis(moment: datetime | None = None) -> datetime:
     """``moment`` (default now) in UTC, truncated to whole milliseconds."""
+    if moment.__class__ is datetime and moment.tzinfo is UTC and not moment.microsecond % 1000:
+        return moment  # already UTC milliseconds (e.g. a re-published event)
     moment = moment or datetime.now(UTC)
     if moment.tzinfo is None:
         raise EventValidationError("event_time", "must be timezone-aware (UTC)")
@@ -51,9 +54,14 @@ def utc_millis(moment: datetime | None = None) -> datetime:
     return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def _event_id(event_id: str | uuid.UUID | None) -> str:
     if event_id is None:
         return str(uuid.uuid4())
+    if event_id.__class__ is str and _CANONICAL_UUID(event_id):
+        return event_id  # already what str(uuid.UUID(...)) gives
     try:
         return str(event_id if isinstance(event_id, uuid.UUID) else uuid.UUID(str(event_id)))
     except ValueError:

@@ -2,7 +2,8 @@
 
 A background thread polls the librdkafka producer so delivery reports reach
 both ``asyncio`` futures and blocking callers, and nothing waits on a
-``flush()`` per event.
+``flush()`` per event. Batches are produced in one tight loop and tracked as
+one unit (one small callback per message, one notification per batch).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -77,6 +79,78 @@ class ProducerMetrics:
             }
 
 
+#: One outcome per message of a batch: its report, or why it was not delivered.
+Outcome = DeliveryReport | str
+#: Called once per batch, when every message has an outcome (in the batch's order).
+OnBatchDone = Callable[[list[Outcome]], None]
+#: (value, key, headers) of one message of a batch.
+OutgoingMessage = tuple[bytes, str | bytes | None, list[tuple[str, str | bytes | None]]]
+
+
+class _Batch:
+    """Outcomes of messages queued together; librdkafka's callbacks may run on any polling thread.
+
+    One lock (the metrics') guards outcomes, the remaining count and the
+    counters, so a message is counted exactly once, either sent or failed,
+    and its counters are updated before the batch is reported done.
+    """
+
+    __slots__ = ("metrics", "on_done", "outcomes", "release", "remaining", "sent_at", "sizes")
+
+    def __init__(self, metrics: ProducerMetrics, count: int, on_done: OnBatchDone) -> None:
+        self.metrics = metrics
+        self.outcomes: list[Outcome | None] = [None] * count
+        self.sizes = [0] * count
+        self.sent_at = [0.0] * count
+        self.remaining = count
+        self.on_done = on_done
+        self.release: Callable[[], None] | None = None
+
+    def delivered(self, index: int, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's delivery callback of message ``index`` (bound with ``functools.partial``)."""
+        if err is not None:
+            self.fail(index, f"{err.name()}: {err.str()}")
+            return
+        latency_ms = (time.perf_counter() - self.sent_at[index]) * 1000.0
+        report = DeliveryReport(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0))
+        metrics = self.metrics
+        with metrics._lock:
+            if self.outcomes[index] is not None:
+                return
+            self.outcomes[index] = report
+            metrics.messages_sent += 1
+            metrics.bytes_sent += self.sizes[index]
+            metrics._latencies_ms.append(latency_ms)
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            self._finish()
+
+    def fail(self, index: int, reason: str) -> None:
+        metrics = self.metrics
+        with metrics._lock:
+            if self.outcomes[index] is not None:
+                return
+            self.outcomes[index] = reason
+            metrics.messages_failed += 1
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            self._finish()
+
+    def fail_open(self, reason: str) -> int:
+        """Fail every message without an outcome yet; return how many."""
+        open_ = [i for i, outcome in enumerate(self.outcomes) if outcome is None]
+        for index in open_:
+            self.fail(index, reason)
+        return len(open_)
+
+    def _finish(self) -> None:
+        if self.release is not None:
+            self.release()
+        self.on_done([o for o in self.outcomes if o is not None])
+
+
 class ProducerCore:
     """An idempotent (acks=all, compressed) librdkafka producer with a polling thread."""
 
@@ -98,7 +172,7 @@ class ProducerCore:
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._pending: dict[int, OnDelivery] = {}
+        self._pending: dict[int, _Batch] = {}
         self._next_id = 0
         self._pending_lock = threading.Lock()
 
@@ -123,52 +197,89 @@ class ProducerCore:
         self, topic: str, value: bytes, key: str | bytes | None, headers: Headers, on_delivery: OnDelivery
     ) -> None:
         """Queue one message; ``on_delivery`` is called from the poll thread when Kafka answers."""
+
+        def done(outcomes: list[Outcome]) -> None:
+            outcome = outcomes[0]
+            if isinstance(outcome, DeliveryReport):
+                on_delivery(None, outcome)
+            else:
+                on_delivery(outcome, None)
+
+        self.send_batch(topic, [(value, key, list(headers))], done)
+
+    def send_batch(
+        self, topic: str, messages: Iterable[OutgoingMessage], on_done: OnBatchDone, count: int | None = None
+    ) -> None:
+        """Queue messages in a tight loop; ``on_done(outcomes)`` is called once, when Kafka answered them all.
+
+        Outcomes are in the order of ``messages``: a ``DeliveryReport`` per
+        acknowledged message, else the reason it failed. ``on_done`` runs on a
+        polling thread (or right here, when nothing could be queued).
+        ``messages`` may be a generator (build headers as they are produced)
+        when ``count`` says how many it yields.
+        """
         producer = self._producer
         if producer is None:
             raise NotStartedError("producer is not started: call `await producer.start()` or use `async with`")
+        if count is None:
+            messages = list(messages)
+            count = len(messages)
+        batch = _Batch(self.metrics, count, on_done)
+        if not count:
+            on_done([])
+            return
         with self._pending_lock:
             self._next_id += 1
             token = self._next_id
-            self._pending[token] = on_delivery
-        started = time.perf_counter()
-        size = len(value)
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            with self._pending_lock:
-                callback = self._pending.pop(token, None)
-            if callback is None:
-                return
-            if err is not None:
-                self.metrics.failed()
-                callback(f"{err.name()}: {err.str()}", None)
-            else:
-                self.metrics.delivered(size, time.perf_counter() - started)
-                callback(None, DeliveryReport(str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)))
-
-        deadline = started + self.delivery_timeout_s
-        while True:
+            self._pending[token] = batch
+        batch.release = partial(self._release, token)
+        produce = producer.produce
+        deliver = batch.delivered
+        sizes = batch.sizes
+        sent_at = batch.sent_at
+        clock = time.perf_counter
+        for index, (value, key, headers) in enumerate(messages):
+            sizes[index] = len(value)
+            sent_at[index] = clock()
             try:
-                producer.produce(topic, value=value, key=key, headers=list(headers), on_delivery=delivered)
-                return
-            except BufferError:  # local queue full: the poll thread drains it
-                if time.perf_counter() > deadline:
-                    self._fail(token, "local producer queue stayed full")
-                    return
-                time.sleep(0.005)
+                produce(topic, value, key, on_delivery=partial(deliver, index), headers=headers)
+            except BufferError:  # local queue full: serve delivery reports until there is room
+                self._produce_when_room(producer, batch, index, topic, value, key, headers)
             except Exception as exc:  # e.g. message too large, unknown topic in the local config
-                self._fail(token, f"{type(exc).__name__}: {exc}")
+                batch.fail(index, f"{type(exc).__name__}: {exc}")
+
+    def _produce_when_room(
+        self,
+        producer: Producer,
+        batch: _Batch,
+        index: int,
+        topic: str,
+        value: bytes,
+        key: str | bytes | None,
+        headers: list[tuple[str, str | bytes | None]],
+    ) -> None:
+        deadline = batch.sent_at[index] + self.delivery_timeout_s
+        while True:
+            producer.poll(0.005)
+            try:
+                producer.produce(topic, value, key, on_delivery=partial(batch.delivered, index), headers=headers)
+                return
+            except BufferError:
+                if time.perf_counter() > deadline:
+                    batch.fail(index, "local producer queue stayed full")
+                    return
+            except Exception as exc:
+                batch.fail(index, f"{type(exc).__name__}: {exc}")
                 return
 
-    def _fail(self, token: int, reason: str) -> None:
+    def _release(self, token: int) -> None:
         with self._pending_lock:
-            callback = self._pending.pop(token, None)
-        if callback is not None:
-            self.metrics.failed()
-            callback(reason, None)
+            self._pending.pop(token, None)
 
     def in_flight(self) -> int:
         with self._pending_lock:
-            return len(self._pending)
+            batches = list(self._pending.values())
+        return sum(batch.remaining for batch in batches)
 
     def stop(self, timeout: float = 10.0) -> int:
         """Flush for at most ``timeout`` s; fail and count what was not delivered."""
@@ -181,12 +292,11 @@ class ProducerCore:
         remaining = producer.flush(timeout)
         self._producer = None
         with self._pending_lock:
-            orphans = list(self._pending)
-        for token in orphans:
-            self._fail(token, "producer stopped before Kafka acknowledged the event")
-        if remaining or orphans:
-            logger.warning("producer stopped with %d event(s) not delivered", max(remaining, len(orphans)))
-        return max(remaining, len(orphans))
+            orphans = list(self._pending.values())
+        failed = sum(batch.fail_open("producer stopped before Kafka acknowledged the event") for batch in orphans)
+        if remaining or failed:
+            logger.warning("producer stopped with %d event(s) not delivered", max(remaining, failed))
+        return max(remaining, failed)
 
 
 def future_callback(future: asyncio.Future[DeliveryReport]) -> OnDelivery:

@@ -22,7 +22,7 @@ from typing import Any, Generic, Self, TypeVar
 from chipq_pipelines.events import builders
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.context import log_event
-from chipq_pipelines.events.delivery import DeliveryReport, ProducerCore, future_callback
+from chipq_pipelines.events.delivery import DeliveryReport, OnBatchDone, Outcome, ProducerCore, future_callback
 from chipq_pipelines.events.errors import EventValidationError, PublishError
 from chipq_pipelines.events.schemas import INSPECTION, QUALITY, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
@@ -32,7 +32,8 @@ logger = logging.getLogger("chipq.events.producer")
 
 R = TypeVar("R")
 KeyFn = Callable[[dict[str, Any]], str]
-Prepared = tuple[bytes, str, list[tuple[str, str]], dict[str, Any]]
+#: An encoded event: (value, key, correlation_id, event_type, event_id); the headers carry the last three.
+Prepared = tuple[bytes, str, str, str, str]
 
 
 class _ProducerBase:
@@ -50,8 +51,14 @@ class _ProducerBase:
         self.serializer = AvroSerializer(load_schema(self.schema_name), config=self.config)
         self._core = ProducerCore(self.config)
         writer = self.serializer.schema.schema if self.serializer.schema else {"fields": []}
-        self._defaults = [(f["name"], f["default"]) for f in writer["fields"] if "default" in f]
+        self._defaults = [
+            (f["name"], f["default"], isinstance(f["default"], list | dict)) for f in writer["fields"] if "default" in f
+        ]
         self._stop_timeout_s = stop_timeout_s
+        # bound once: every event goes through these
+        self._check = self.serializer.check
+        self._encode = self.serializer.serialize
+        self._key_of = type(self)._default_key
 
     def get_metrics(self) -> dict[str, Any]:
         """``messages_sent``, ``messages_failed``, ``bytes_sent``, in-flight count, latency percentiles (ms)."""
@@ -62,29 +69,47 @@ class _ProducerBase:
 
     def _prepare(self, event: dict[str, Any], key: str | None = None) -> Prepared:
         """Validate and encode a complete event; nothing is sent when this raises."""
-        for name, default in self._defaults:  # the writer schema's newer optional fields
+        for name, default, mutable in self._defaults:  # the writer schema's newer optional fields
             if name not in event:
-                event[name] = copy.deepcopy(default)
-        self.serializer.check(event)
-        value = self.serializer.serialize(event, self.topic)
-        headers = [
-            ("correlation_id", event["correlation_id"]),
-            ("event_type", event["event_type"]),
-            ("event_id", event["event_id"]),
-        ]
-        return value, key if key is not None else type(self)._default_key(event), headers, event
+                event[name] = copy.deepcopy(default) if mutable else default
+        self._check(event)
+        value = self._encode(event, self.topic)
+        return (
+            value,
+            key if key is not None else self._key_of(event),
+            event["correlation_id"],
+            event["event_type"],
+            event["event_id"],
+        )
 
     def _prepare_batch(self, events: Iterable[Mapping[str, Any]], key_fn: KeyFn | None) -> list[Prepared]:
-        prepared = []
+        """Complete, validate and encode every event before any is sent; errors name ``events[i].field``."""
+        complete = type(self)._complete
+        prepare = self._prepare
+        prepared: list[Prepared] = []
+        append = prepared.append
         for index, partial in enumerate(events):
-            event = type(self)._complete(partial)
+            event = complete(partial)
             try:
-                prepared.append(self._prepare(event, key_fn(event) if key_fn else None))
+                append(prepare(event, key_fn(event) if key_fn else None))
             except EventValidationError as exc:
                 raise EventValidationError(f"events[{index}].{exc.field}", exc.reason) from None
         return prepared
 
-    def _log_delivery(self, event: dict[str, Any], report: DeliveryReport, level: int = logging.INFO) -> None:
+    def _send_prepared(self, prepared: list[Prepared], on_done: OnBatchDone) -> None:
+        """Produce a prepared batch; each message's header list is built just before it is produced."""
+        self._core.send_batch(
+            self.topic,
+            (
+                (value, key, [("correlation_id", correlation_id), ("event_type", event_type), ("event_id", event_id)])
+                for value, key, correlation_id, event_type, event_id in prepared
+            ),
+            on_done,
+            len(prepared),
+        )
+
+    def _log_delivery(self, prepared: Prepared, report: DeliveryReport, level: int = logging.INFO) -> None:
+        _, _, correlation_id, event_type, event_id = prepared
         log_event(
             logger,
             level,
@@ -92,9 +117,9 @@ class _ProducerBase:
             topic=report.topic,
             partition=report.partition,
             offset=report.offset,
-            event_type=event["event_type"],
-            event_id=event["event_id"],
-            correlation_id=event["correlation_id"],
+            event_type=event_type,
+            event_id=event_id,
+            correlation_id=correlation_id,
         )
 
 
@@ -115,11 +140,12 @@ class _AsyncProducer(_ProducerBase):
         await self.stop()
 
     async def _send(self, prepared: Prepared) -> DeliveryReport:
-        value, key, headers, event = prepared
+        value, key, correlation_id, event_type, event_id = prepared
+        headers = [("correlation_id", correlation_id), ("event_type", event_type), ("event_id", event_id)]
         future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
         self._core.send(self.topic, value, key, headers, future_callback(future))
         report = await future
-        self._log_delivery(event, report)
+        self._log_delivery(prepared, report)
         return report
 
     def _publish(self, event: dict[str, Any]) -> Awaitable[DeliveryReport]:
@@ -134,38 +160,25 @@ class _AsyncProducer(_ProducerBase):
     ) -> list[DeliveryReport]:
         """Validate all, send all pipelined, wait for all; raises ``PublishError`` listing failures."""
         prepared = self._prepare_batch(events, key_fn)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        results: list[DeliveryReport | str | None] = [None] * len(prepared)
-        remaining = [len(prepared)]
-        lock = threading.Lock()
-
-        def finished() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        def collector(index: int) -> Callable[[str | None, DeliveryReport | None], None]:
-            def on_delivery(reason: str | None, report: DeliveryReport | None) -> None:
-                results[index] = reason if reason is not None else report
-                with lock:
-                    remaining[0] -= 1
-                    last = remaining[0] == 0
-                if last:
-                    with contextlib.suppress(RuntimeError):
-                        loop.call_soon_threadsafe(finished)
-
-            return on_delivery
-
         if not prepared:
             return []
-        for index, (value, key, headers, _event) in enumerate(prepared):
-            self._core.send(self.topic, value, key, headers, collector(index))
-        await done
-        return _batch_reports(prepared, results, self)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[list[Outcome]] = loop.create_future()
+
+        def settle(outcomes: list[Outcome]) -> None:
+            if not done.done():
+                done.set_result(outcomes)
+
+        def on_done(outcomes: list[Outcome]) -> None:  # on the poll thread
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(settle, outcomes)
+
+        self._send_prepared(prepared, on_done)
+        return _batch_reports(prepared, await done, self)
 
 
 def _batch_reports(
-    prepared: list[Prepared], results: Sequence[DeliveryReport | str | None], producer: _ProducerBase
+    prepared: list[Prepared], results: Sequence[Outcome], producer: _ProducerBase
 ) -> list[DeliveryReport]:
     failures = [(i, r) for i, r in enumerate(results) if not isinstance(r, DeliveryReport)]
     if failures:
@@ -174,8 +187,9 @@ def _batch_reports(
             [(i, str(r)) for i, r in failures],
         )
     reports = [r for r in results if isinstance(r, DeliveryReport)]
-    for (_, _, _, event), report in zip(prepared, reports, strict=True):
-        producer._log_delivery(event, report, logging.DEBUG)
+    if logger.isEnabledFor(logging.DEBUG):  # one line per event only when asked for
+        for item, report in zip(prepared, reports, strict=True):
+            producer._log_delivery(item, report, logging.DEBUG)
     log_event(logger, logging.INFO, "batch published", topic=producer.topic, events=len(reports))
     return reports
 
@@ -197,33 +211,24 @@ class _SyncProducer(_ProducerBase):
         self.stop()
 
     def _send(self, prepared_batch: list[Prepared]) -> list[DeliveryReport]:
-        results: list[DeliveryReport | str | None] = [None] * len(prepared_batch)
-        remaining = [len(prepared_batch)]
-        lock = threading.Lock()
-        all_done = threading.Event()
-
-        def collector(index: int) -> Callable[[str | None, DeliveryReport | None], None]:
-            def on_delivery(reason: str | None, report: DeliveryReport | None) -> None:
-                results[index] = reason if reason is not None else report
-                with lock:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        all_done.set()
-
-            return on_delivery
-
         if not prepared_batch:
             return []
-        for index, (value, key, headers, _event) in enumerate(prepared_batch):
-            self._core.send(self.topic, value, key, headers, collector(index))
+        outcomes: list[list[Outcome]] = []
+        all_done = threading.Event()
+
+        def on_done(results: list[Outcome]) -> None:  # on the poll thread
+            outcomes.append(results)
+            all_done.set()
+
+        self._send_prepared(prepared_batch, on_done)
         if not all_done.wait(self._core.delivery_timeout_s + 10):
             raise PublishError("Kafka did not answer within the delivery timeout")
-        return _batch_reports(prepared_batch, results, self)
+        return _batch_reports(prepared_batch, outcomes[0], self)
 
     def _publish(self, event: dict[str, Any]) -> DeliveryReport:
         prepared = self._prepare(event)
         report = self._send([prepared])[0]
-        self._log_delivery(event, report)
+        self._log_delivery(prepared, report)
         return report
 
     def publish_event(self, event: Mapping[str, Any], key: str | None = None) -> DeliveryReport:

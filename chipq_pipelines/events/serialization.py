@@ -101,6 +101,7 @@ class AvroSerializer:
         self._plans: dict[bytes, _ReadPlan] = {}
         self._id_plans: dict[int, _ReadPlan] = {}
         self._subject_ids: dict[tuple[str, bytes], int] = {}
+        self._headers: dict[str | None, bytes] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ config
@@ -145,17 +146,25 @@ class AvroSerializer:
         or the record's full name when no topic is given.
         """
         known = self._writer()
-        if self.wire_format == CONFLUENT:
-            header = CONFLUENT_MAGIC.to_bytes(1, "big") + self._schema_id(known, topic).to_bytes(4, "big")
-        else:
-            header = SINGLE_OBJECT_MAGIC + known.fingerprint
-        buffer = io.BytesIO()
-        buffer.write(header)
+        header = self._headers.get(topic)
+        if header is None:
+            header = self._header(known, topic)
+        buffer = io.BytesIO(header)
+        buffer.seek(len(header))
         try:
             schemaless_writer(buffer, known.parsed, event)
         except Exception as exc:  # fastavro raises ValueError/TypeError/KeyError/…
             raise SerializationError(f"cannot encode {known.ref.label} event: {exc}") from exc
         return buffer.getvalue()
+
+    def _header(self, known: KnownSchema, topic: str | None) -> bytes:
+        """The framing in front of every body of this topic (cached: config and schema ids do not change)."""
+        if self.wire_format == CONFLUENT:
+            header = CONFLUENT_MAGIC.to_bytes(1, "big") + self._schema_id(known, topic).to_bytes(4, "big")
+        else:
+            header = SINGLE_OBJECT_MAGIC + known.fingerprint
+        self._headers[topic] = header
+        return header
 
     def _schema_id(self, known: KnownSchema, topic: str | None) -> int:
         subject = f"{topic}-value" if topic else known.ref.fullname
