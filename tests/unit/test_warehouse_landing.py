@@ -57,7 +57,23 @@ def test_schema_is_idempotent_and_every_analyst_column_is_commented(conn: duckdb
     ).fetchall()
     assert tables == []
     assert columns == []
-    assert count(conn, "duckdb_tables() WHERE schema_name IN ('raw', 'ops', 'marts')") == 7
+    names = conn.execute(
+        "SELECT schema_name || '.' || table_name FROM duckdb_tables() WHERE schema_name IN ('raw', 'ops', 'marts')"
+    ).fetchall()
+    assert sorted(name for (name,) in names) == [
+        "marts.defect_rates",
+        "marts.lot_quality_scores",
+        "ops.alert_outbox",
+        "ops.alert_state",
+        "ops.canaries",
+        "ops.ingested_offsets",
+        "ops.pending_mart_partitions",
+        "ops.rejected_events",
+        "ops.spc_baseline",
+        "raw.defects",
+        "raw.inspection_events",
+        "raw.quality_events",
+    ]
 
 
 def test_lands_every_field_defects_and_offsets(conn: duckdb.DuckDBPyConnection) -> None:

@@ -94,3 +94,42 @@ SELECT
 FROM ops.alert_outbox;
 
 COMMENT ON VIEW ops.alerts IS 'Threshold violations for analysts: newest first with ORDER BY detected_at DESC; subject is the lot, or the day (and defect type).';
+
+COMMENT ON COLUMN ops.alert_state.name IS 'lots (marts.lot_quality_scores) or days (marts.defect_rates).';
+COMMENT ON COLUMN ops.alert_state.watermark IS 'Newest mart updated_at already evaluated; rows rewritten later are evaluated next.';
+COMMENT ON COLUMN ops.alert_state.rules_version IS 'Rules version and file digest of that evaluation; a different one re-evaluates everything.';
+COMMENT ON COLUMN ops.alert_state.updated_at IS 'When the watermark last moved.';
+
+COMMENT ON COLUMN ops.spc_baseline.baseline_id IS 'Baseline number (1, 2, ...); part of every SPC alert''s rules_version (1+b1).';
+COMMENT ON COLUMN ops.spc_baseline.source IS 'computed: from the first in-control lots (a baseline set in the rules file is not stored).';
+COMMENT ON COLUMN ops.spc_baseline.mean_score IS 'Centre line of lot mean quality scores (mu).';
+COMMENT ON COLUMN ops.spc_baseline.sigma_score IS 'Standard deviation of baseline lot means (sigma), floored at spc.min_sigma.';
+COMMENT ON COLUMN ops.spc_baseline.u_bar IS 'Baseline defects per chip (u-chart centre line).';
+COMMENT ON COLUMN ops.spc_baseline.p_bar IS 'Baseline failing fraction of inspections (p-chart centre line).';
+COMMENT ON COLUMN ops.spc_baseline.lot_count IS 'Lots the centre lines were computed from.';
+COMMENT ON COLUMN ops.spc_baseline.lot_ids IS 'Those lots.';
+COMMENT ON COLUMN ops.spc_baseline.removed_lot_ids IS 'Lots of the window removed as special causes (outside their 3-sigma limits).';
+COMMENT ON COLUMN ops.spc_baseline.frozen_at IS 'When the baseline was frozen.';
+
+COMMENT ON COLUMN ops.canaries.event_id IS 'The canary INSPECTION_COMPLETED event id; look for it in raw.inspection_events.';
+COMMENT ON COLUMN ops.canaries.inspection_id IS 'The canary''s inspection id (canary-<uuid>, lot chipq-canary).';
+COMMENT ON COLUMN ops.canaries.published_at IS 'When Kafka acknowledged the canary; the SLA is measured from here.';
+COMMENT ON COLUMN ops.canaries.kafka_partition IS 'Partition of the inspection topic it went to.';
+COMMENT ON COLUMN ops.canaries.kafka_offset IS 'Its offset.';
+COMMENT ON COLUMN ops.canaries.run_id IS 'The Dagster run that published it (that run''s check judges the previous canary).';
+
+COMMENT ON COLUMN ops.alerts.detected_at IS 'When the violation was found.';
+COMMENT ON COLUMN ops.alerts.alert_level IS 'WARNING or CRITICAL.';
+COMMENT ON COLUMN ops.alerts.rule IS 'The rule that fired.';
+COMMENT ON COLUMN ops.alerts.scope IS 'LOT or DAY.';
+COMMENT ON COLUMN ops.alerts.subject IS 'The lot id, or the day (and defect type) for DAY scope.';
+COMMENT ON COLUMN ops.alerts.observed_value IS 'The value that crossed the limit.';
+COMMENT ON COLUMN ops.alerts.threshold IS 'The limit it crossed.';
+COMMENT ON COLUMN ops.alerts.message IS 'What was compared with what, in words.';
+COMMENT ON COLUMN ops.alerts.published IS 'True once Kafka acknowledged the THRESHOLD_VIOLATED event.';
+COMMENT ON COLUMN ops.alerts.published_at IS 'When it was acknowledged.';
+COMMENT ON COLUMN ops.alerts.lot_id IS 'The lot (LOT scope).';
+COMMENT ON COLUMN ops.alerts.event_date IS 'The UTC day (DAY scope).';
+COMMENT ON COLUMN ops.alerts.defect_type IS 'The defect type (per-type DAY rules).';
+COMMENT ON COLUMN ops.alerts.rules_version IS 'Rules version (SPC: plus baseline).';
+COMMENT ON COLUMN ops.alerts.event_id IS 'The THRESHOLD_VIOLATED event id on chip-quality.quality.events.';

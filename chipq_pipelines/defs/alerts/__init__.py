@@ -1,0 +1,1 @@
+"""Alerts domain: rules evaluated on the marts, violations published as THRESHOLD_VIOLATED."""

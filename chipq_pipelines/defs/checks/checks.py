@@ -1,0 +1,286 @@
+"""Asset checks that prove the flow, and the probe asset that carries the end-to-end ones.
+
+- Data quality (blocking) on both marts: runs in every mart partition run,
+  scoped to that partition; on the whole mart in the scheduled check job.
+- Freshness on both marts: no partition behind its raw rows for longer than allowed.
+- On ``ops/e2e_flow_probe`` (materialized on a schedule, never by catch-up): the
+  canary SLA, Kafka high watermarks vs landed offsets, and raw vs mart counts.
+
+Every check's metadata says what it compared and the numbers.
+"""
+
+import datetime as dt
+
+import dagster as dg
+import pandas as pd
+
+from chipq_pipelines.defs.checks import flow
+from chipq_pipelines.defs.checks.quality import (
+    DAY_PROBLEMS,
+    LOT_PROBLEMS,
+    defect_rate_counts,
+    freshness,
+    lot_quality_counts,
+)
+from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL
+from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
+from chipq_pipelines.defs.partitions import lot_id_from_partition_key
+from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
+
+
+def _partition(context: dg.AssetCheckExecutionContext) -> str | None:
+    op_context = context.op_execution_context
+    return op_context.partition_key if op_context.has_partition_key else None
+
+
+def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: str) -> dg.AssetCheckResult:
+    found = {k: counts[k] for k in problems if counts[k]}
+    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
+    metadata["scope"] = dg.MetadataValue.text(scope)
+    metadata["compared"] = dg.MetadataValue.text(
+        "duplicate event ids, scores and confidences within [0, 1], null/blank lot ids, mart ratios within [0, 1]"
+    )
+    return dg.AssetCheckResult(
+        passed=not found,
+        metadata=metadata,
+        description=("problems: " + ", ".join(f"{k}={v}" for k, v in found.items())) if found else "clean",
+    )
+
+
+@dg.asset_check(
+    asset=lot_quality_scores,
+    name="lot_quality_data_quality",
+    blocking=True,
+    pool=WRITER_POOL,
+    description=(
+        "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
+        "blank lot ids, mean/min score and pass_rate within [0, 1] (the partition's lot, or all lots)."
+    ),
+)
+def lot_quality_data_quality(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    key = _partition(context)
+    lot_id = lot_id_from_partition_key(key) if key else None
+    with warehouse.connect() as conn:
+        counts = lot_quality_counts(conn, lot_id)
+    return _quality_result(counts, LOT_PROBLEMS, f"lot {lot_id!r}" if lot_id else "all lots")
+
+
+@dg.asset_check(
+    asset=defect_rates,
+    name="defect_rates_data_quality",
+    blocking=True,
+    pool=WRITER_POOL,
+    description=(
+        "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
+        "blank lot ids, defect_rate within [0, 1] (the partition's day, or all days)."
+    ),
+)
+def defect_rates_data_quality(
+    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    key = _partition(context)
+    with warehouse.connect() as conn:
+        counts = defect_rate_counts(conn, dt.date.fromisoformat(key) if key else None)
+    return _quality_result(counts, DAY_PROBLEMS, f"day {key}" if key else "all days")
+
+
+class FreshnessConfig(dg.Config):
+    """How long a mart partition may stay behind newly landed raw rows."""
+
+    max_lag_seconds: float = 600.0
+
+
+def _freshness_result(measured: dict, config: FreshnessConfig, what: str) -> dg.AssetCheckResult:
+    stale = int(measured["partitions_stale"])
+    metadata = {
+        "compared": dg.MetadataValue.text(f"newest landed raw row per {what} vs the mart's updated_at"),
+        "max_lag_seconds": dg.MetadataValue.float(config.max_lag_seconds),
+        "partitions_with_data": dg.MetadataValue.int(int(measured["partitions_with_data"])),
+        "partitions_behind": dg.MetadataValue.int(int(measured["partitions_behind"])),
+        "partitions_stale": dg.MetadataValue.int(stale),
+        "oldest_behind_seconds": dg.MetadataValue.float(float(measured["oldest_behind_seconds"])),
+        "newest_mart_update": dg.MetadataValue.text(str(measured["newest_mart_update"])),
+        "newest_landed": dg.MetadataValue.text(str(measured["newest_landed"])),
+        "examples": dg.MetadataValue.json(list(measured["examples"] or [])),
+    }
+    description = (
+        f"{stale} {what}s behind their raw rows for more than {config.max_lag_seconds:g} s" if stale else "fresh"
+    )
+    return dg.AssetCheckResult(passed=stale == 0, metadata=metadata, description=description)
+
+
+@dg.asset_check(
+    asset=lot_quality_scores,
+    name="lot_quality_freshness",
+    pool=WRITER_POOL,
+    description="No lot's mart row older than its newest landed completed event by more than max_lag_seconds.",
+)
+def lot_quality_freshness(
+    context: dg.AssetCheckExecutionContext, config: FreshnessConfig, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    key = _partition(context)
+    with warehouse.connect() as conn:
+        measured = freshness(conn, "lots", config.max_lag_seconds, lot_id_from_partition_key(key) if key else None)
+    return _freshness_result(measured, config, "lot")
+
+
+@dg.asset_check(
+    asset=defect_rates,
+    name="defect_rates_freshness",
+    pool=WRITER_POOL,
+    description="No day's defect rates older than its newest landed completed event by more than max_lag_seconds.",
+)
+def defect_rates_freshness(
+    context: dg.AssetCheckExecutionContext, config: FreshnessConfig, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        measured = freshness(conn, "days", config.max_lag_seconds, _partition(context))
+    return _freshness_result(measured, config, "day")
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@dg.asset(
+    key=["ops", "e2e_flow_probe"],
+    group_name="flow_checks",
+    owners=[OWNER],
+    kinds={"kafka", "duckdb"},
+    pool=WRITER_POOL,
+    description=(
+        "End-to-end probe: publishes one canary INSPECTION_COMPLETED (metadata chipq_canary = 'true', lot "
+        f"`{flow.CANARY_LOT_ID}`) to the inspection topic and records it in `ops.canaries`. Its checks verify "
+        "the previous canary's trip, Kafka vs landed offsets, and raw vs mart counts."
+    ),
+)
+def e2e_flow_probe(
+    context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Publish a canary; the next evaluation of ``canary_within_sla`` verifies it landed."""
+    with warehouse.connect() as conn:
+        canary = flow.publish_canary(kafka.config(), kafka.inspection_topic, conn, context.run_id)
+    context.log.info(f"canary {canary['event_id']} published at offset {canary['kafka_offset']}")
+    return dg.MaterializeResult(
+        metadata={
+            "canary_event_id": dg.MetadataValue.text(canary["event_id"]),
+            "topic": dg.MetadataValue.text(kafka.inspection_topic),
+            "kafka_partition": dg.MetadataValue.int(canary["kafka_partition"]),
+            "kafka_offset": dg.MetadataValue.int(canary["kafka_offset"]),
+        }
+    )
+
+
+class CanaryConfig(dg.Config):
+    """The end-to-end SLA: a canary must land in raw within this many seconds of its publication."""
+
+    sla_seconds: float = 120.0
+
+
+@dg.asset_check(
+    asset=e2e_flow_probe,
+    name="canary_within_sla",
+    pool=WRITER_POOL,
+    description="The previous canary landed in raw.inspection_events within the SLA and no mart counts it.",
+)
+def canary_within_sla(
+    context: dg.AssetCheckExecutionContext, config: CanaryConfig, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        verdict = flow.judge_canaries(conn, context.op_execution_context.run_id, config.sla_seconds)
+    metadata = {"compared": dg.MetadataValue.text("canary publish time vs raw ingested_at, against the SLA")}
+    metadata |= {k: dg.MetadataValue.text(str(v)) for k, v in verdict.detail.items()}
+    metadata["sla_seconds"] = dg.MetadataValue.float(config.sla_seconds)
+    return dg.AssetCheckResult(passed=verdict.passed, description=verdict.status, metadata=metadata)
+
+
+class OffsetsConfig(dg.Config):
+    """A partition fails when its oldest record not yet landed is older than this (ingest stopped)."""
+
+    max_stall_seconds: float = 300.0
+
+
+@dg.asset_check(
+    asset=e2e_flow_probe,
+    name="kafka_offsets_reconciled",
+    pool=WRITER_POOL,
+    description=(
+        "Per topic partition, Kafka's high watermark vs the landed offset in ops.ingested_offsets: fails on "
+        "an offset landed beyond the watermark, or records waiting longer than max_stall_seconds."
+    ),
+)
+def kafka_offsets_reconciled(
+    config: OffsetsConfig, kafka: KafkaResource, warehouse: WarehouseResource
+) -> dg.AssetCheckResult:
+    topics = [kafka.inspection_topic, kafka.quality_topic]
+    with warehouse.connect() as conn:
+        rows = flow.kafka_offsets(kafka.config(), conn, topics, config.max_stall_seconds)
+    bad = [r for r in rows if r["verdict"] != "ok"]
+    table = pd.DataFrame(rows)
+    return dg.AssetCheckResult(
+        passed=not bad,
+        description=(f"{len(bad)} partitions not reconciled" if bad else "every partition landed up to its lag"),
+        metadata={
+            "compared": dg.MetadataValue.text("Kafka high watermark vs ops.ingested_offsets.next_offset"),
+            "total_lag": dg.MetadataValue.int(int(sum(r["lag"] for r in rows))),
+            "partitions": dg.MetadataValue.int(len(rows)),
+            "partitions_failing": dg.MetadataValue.int(len(bad)),
+            "max_stall_seconds": dg.MetadataValue.float(config.max_stall_seconds),
+            "offsets": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no partitions"),
+        },
+    )
+
+
+class CountsConfig(dg.Config):
+    """Lots whose newest event landed within this many seconds are in flight and not compared."""
+
+    settle_seconds: float = 600.0
+
+
+@dg.asset_check(
+    asset=e2e_flow_probe,
+    name="raw_marts_reconciled",
+    pool=WRITER_POOL,
+    description=(
+        "Per settled lot, distinct completed inspections in raw vs inspections_completed in "
+        "marts.lot_quality_scores (and the totals over all lots)."
+    ),
+)
+def raw_marts_reconciled(config: CountsConfig, warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect() as conn:
+        counts = flow.raw_vs_lot_mart(conn, config.settle_seconds)
+    mismatched = counts["lots_mismatched"]
+    metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items() if isinstance(v, int)}
+    metadata["examples"] = dg.MetadataValue.json(counts["examples"])
+    metadata["compared"] = dg.MetadataValue.text(
+        "raw completed inspections (distinct per lot) vs sum of inspections_completed over lots"
+    )
+    metadata["settle_seconds"] = dg.MetadataValue.float(config.settle_seconds)
+    return dg.AssetCheckResult(
+        passed=mismatched == 0,
+        metadata=metadata,
+        description=f"{mismatched} lots differ between raw and the mart" if mismatched else "raw and marts agree",
+    )
+
+
+mart_checks = [lot_quality_data_quality, defect_rates_data_quality, lot_quality_freshness, defect_rates_freshness]
+flow_checks = [canary_within_sla, kafka_offsets_reconciled, raw_marts_reconciled]
+
+flow_checks_job = dg.define_asset_job(
+    "flow_checks",
+    selection=dg.AssetSelection.assets(e2e_flow_probe) | dg.AssetSelection.checks(*mart_checks),
+    description="Publish a canary and run every flow check: canary SLA, reconciliation, data quality, freshness.",
+)
+
+
+@dg.schedule(
+    name="flow_checks_schedule",
+    cron_schedule="*/5 * * * *",
+    job=flow_checks_job,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 5 minutes: a new canary, and the checks of the previous one and of the marts.",
+)
+def flow_checks_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    return dg.RunRequest(run_key=f"flow_checks|{context.scheduled_execution_time.isoformat()}")

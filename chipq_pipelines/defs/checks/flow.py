@@ -1,0 +1,167 @@
+"""End-to-end measurements: canary latency, Kafka offsets vs landed offsets, raw vs mart counts.
+
+No Dagster here; the asset checks in ``checks.py`` turn these into results.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+from confluent_kafka import Consumer, TopicPartition
+
+from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.events.producers import SyncInspectionEventProducer
+from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY
+from chipq_pipelines.warehouse.landing import landed_offsets
+from chipq_pipelines.warehouse.schema import load_sql
+
+CANARY_LOT_ID = "chipq-canary"
+CALL_TIMEOUT_S = 5.0
+
+
+# ---------------------------------------------------------------- canary
+
+
+def publish_canary(kafka: KafkaConfig, topic: str, conn: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """Publish one marked canary INSPECTION_COMPLETED and record it in ``ops.canaries``."""
+    inspection_id = f"canary-{uuid.uuid4()}"
+    event_id = str(uuid.uuid4())
+    with SyncInspectionEventProducer(kafka, topic=topic) as producer:
+        report = producer.publish_inspection_completed(
+            inspection_id=inspection_id,
+            batch_id=CANARY_LOT_ID,
+            chip_id="canary",
+            inspection_type="canary",
+            quality_score=1.0,
+            metadata={CANARY_METADATA_KEY: "true"},
+            event_id=event_id,
+        )
+    published_at = dt.datetime.now(dt.UTC)
+    record = {
+        "event_id": event_id,
+        "inspection_id": inspection_id,
+        "published_at": published_at,
+        "kafka_partition": report.partition,
+        "kafka_offset": report.offset,
+        "run_id": run_id,
+    }
+    conn.execute(load_sql("alerts_insert_canary"), record)
+    return record
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    passed: bool
+    status: str
+    detail: dict[str, Any]
+
+
+def judge_canaries(conn: duckdb.DuckDBPyConnection, run_id: str, sla_seconds: float) -> CanaryVerdict:
+    """Verdict on the newest canary published by an earlier run: landed in raw within the SLA, kept out of marts."""
+    relation = conn.execute(load_sql("alerts_check_canaries"), {"run_id": run_id})
+    columns = [d[0] for d in relation.description or []]
+    rows = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+    if not rows:
+        return CanaryVerdict(True, "no earlier canary: the one published now is verified next time", {})
+    newest = rows[0]
+    detail = {
+        "canary_event_id": newest["event_id"],
+        "published_at": newest["published_at"].isoformat(),
+        "sla_seconds": sla_seconds,
+        "age_seconds": round(float(newest["age_seconds"]), 3),
+    }
+    if any(row["in_marts"] for row in rows):
+        return CanaryVerdict(False, "a canary reached a mart row (canaries must be excluded from marts)", detail)
+    if newest["ingested_at"] is None:
+        if newest["age_seconds"] > sla_seconds:
+            return CanaryVerdict(
+                False, f"canary not landed after {newest['age_seconds']:.0f} s (SLA {sla_seconds:g} s)", detail
+            )
+        return CanaryVerdict(True, "canary still in flight, within the SLA", detail)
+    latency = float(newest["latency_seconds"])
+    detail["landed_at"] = newest["ingested_at"].isoformat()
+    detail["latency_seconds"] = round(latency, 3)
+    if latency > sla_seconds:
+        return CanaryVerdict(False, f"canary landed after {latency:.1f} s, beyond the SLA of {sla_seconds:g} s", detail)
+    return CanaryVerdict(True, f"canary landed in raw after {latency:.1f} s and is excluded from marts", detail)
+
+
+# ---------------------------------------------------------------- reconciliation
+
+
+def kafka_offsets(
+    kafka: KafkaConfig, conn: duckdb.DuckDBPyConnection, topics: list[str], max_stall_seconds: float
+) -> list[dict[str, Any]]:
+    """Per topic partition: high watermark, landed offset, lag, age of the oldest unlanded record, verdict."""
+    consumer = Consumer(
+        kafka.librdkafka_config(**{"group.id": "chipq-reconciliation", "enable.auto.commit": False, "log_level": 3})
+    )
+    now_ms = dt.datetime.now(dt.UTC).timestamp() * 1000
+    rows = []
+    try:
+        for topic in topics:
+            landed = landed_offsets(conn, topic)
+            info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
+            partitions = sorted(info.partitions) if info is not None and info.error is None else []
+            for partition in partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=CALL_TIMEOUT_S, cached=False
+                )
+                position = max(landed.get(partition, low), low)
+                lag = max(high - position, 0)
+                age = _record_age_seconds(consumer, topic, partition, position, now_ms) if lag else None
+                if landed.get(partition, 0) > high:
+                    verdict = "landed beyond the high watermark"
+                elif lag and (age is None or age > max_stall_seconds):
+                    verdict = "stalled"
+                else:
+                    verdict = "ok"
+                rows.append(
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "high_watermark": high,
+                        "landed_offset": landed.get(partition),
+                        "lag": lag,
+                        "oldest_unlanded_age_s": None if age is None else round(age, 1),
+                        "verdict": verdict,
+                    }
+                )
+    finally:
+        consumer.close()
+    return rows
+
+
+def _record_age_seconds(consumer: Consumer, topic: str, partition: int, offset: int, now_ms: float) -> float | None:
+    consumer.assign([TopicPartition(topic, partition, offset)])
+    try:
+        messages = consumer.consume(num_messages=1, timeout=CALL_TIMEOUT_S)
+    finally:
+        consumer.unassign()
+    for message in messages:
+        if message.error() is None:
+            _, timestamp_ms = message.timestamp()
+            return max(0.0, (now_ms - timestamp_ms) / 1000) if timestamp_ms > 0 else None
+    return None
+
+
+def raw_vs_lot_mart(conn: duckdb.DuckDBPyConnection, settle_seconds: float) -> dict[str, Any]:
+    """Completed inspections in raw vs ``inspections_completed`` summed over lots, settled lots only."""
+    relation = conn.execute(load_sql("alerts_check_raw_vs_lots"), {"settle_seconds": settle_seconds})
+    columns = [d[0] for d in relation.description or []]
+    lots = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+    settled = [lot for lot in lots if not lot["in_flight"]]
+    mismatched = [lot for lot in settled if lot["raw_inspections"] != lot["mart_inspections"]]
+    return {
+        "lots_compared": len(settled),
+        "lots_in_flight": len(lots) - len(settled),
+        "raw_completed_events": sum(int(lot["raw_completed_events"]) for lot in settled),
+        "raw_completed_inspections": sum(int(lot["raw_inspections"]) for lot in settled),
+        "mart_inspections_completed": sum(int(lot["mart_inspections"]) for lot in settled),
+        "lots_mismatched": len(mismatched),
+        "examples": [{k: lot[k] for k in ("lot_id", "raw_inspections", "mart_inspections")} for lot in mismatched[:5]],
+    }
