@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 export CHIPQ_HOME ?= $(CURDIR)/.chipq
 export DAGSTER_HOME ?= $(CHIPQ_HOME)/dagster
 
-.PHONY: demo test lint unit install clean ui compose-plugin
+.PHONY: demo test lint unit install clean ui compose-plugin chromium
 
 # The docker client here may lack the compose plugin; the test that checks
 # docker-compose.yml then uses one built from the Go module proxy (once).
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium for the browser test of the Dagster UI (root: apt-get).
+chromium:
+	@bash scripts/install-chromium.sh
+
 compose-plugin:
 	@if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 && [ ! -x $(COMPOSE_PLUGIN) ]; then \
 	  if command -v go >/dev/null; then \
@@ -41,7 +45,7 @@ demo: install
 	$(BIN)/chipq demo
 
 ## make test: lint, type-check the events library, run every test on a real broker
-test: install lint compose-plugin
+test: install lint compose-plugin chromium
 	$(BIN)/pytest -ra -p no:cacheprovider
 
 lint: install

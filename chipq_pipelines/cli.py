@@ -138,6 +138,48 @@ def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
     click.echo(format_result(frame, fmt))  # type: ignore[arg-type]
 
 
+@main.command("alerts")
+@click.option("--limit", default=20, show_default=True, help="How many of the newest violations.")
+@click.option("--level", type=click.Choice(["WARNING", "CRITICAL"]), default=None, help="Only this alert level.")
+@click.option("--rule", default=None, help="Only this rule (e.g. lot_mean_score).")
+@click.option(
+    "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
+)
+def alerts_command(limit: int, level: str | None, rule: str | None, snapshot: str | None) -> None:
+    """List recent threshold violations (what was published as THRESHOLD_VIOLATED).
+
+    \b
+    Example:
+      chipq alerts --level CRITICAL --limit 10
+    """
+    from chipq_pipelines.defs.alerts.cli_support import format_alerts, recent_alerts
+
+    path = Path(snapshot) if snapshot else ChipqHome.from_env().analyst_snapshot
+    try:
+        frame = recent_alerts(path, limit=limit, level=level, rule=rule)
+    except FileNotFoundError as exc:
+        raise click.ClickException(f"{exc}: run `chipq catch-up` (or `make demo`) first") from exc
+    click.echo(format_alerts(frame))
+
+
+@main.command("report")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("report.html"), show_default=True)
+@click.option("--snapshot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Snapshot file.")
+def report_command(out: Path, snapshot: Path | None) -> None:
+    """Write a self-contained HTML quality report.
+
+    A defect Pareto, daily defect-rate trends per type and a lot-score control
+    chart with its SPC limits and the flagged lots, from the analyst snapshot.
+    """
+    from chipq_pipelines.report import ReportError, build_report
+
+    try:
+        path = build_report(snapshot or ChipqHome.from_env().analyst_snapshot, out)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {path}")
+
+
 @main.command("ui")
 @click.option("--port", default=3000, show_default=True, help="Port of the Dagster webserver.")
 def ui_command(port: int) -> None:

@@ -110,7 +110,8 @@ def summarize(home: ChipqHome, truth: dict[str, Any], echo: Callable[[str], Any]
         "\nnext:\n"
         "  chipq ui                         the Dagster UI: assets, runs and checks of this demo\n"
         '  chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"\n'
-        "  chipq alerts                     recent threshold violations"
+        "  chipq alerts                     recent threshold violations\n"
+        "  chipq report --out report.html   defect Pareto, daily trends, lot-score control chart"
     )
     return figures
 
