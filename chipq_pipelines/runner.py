@@ -8,6 +8,7 @@ in the Dagster UI afterwards, exactly as if the daemon had launched them.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
@@ -113,8 +114,15 @@ def catch_up(
         defs = build_defs()
     report = CatchUpReport()
     started = time.monotonic()
-    with dg.DagsterInstance.get() as instance:
-        _catch_up(defs, instance, dagster_home, report, max_rounds, echo)
+
+    def run() -> None:
+        with dg.DagsterInstance.get() as instance:
+            _catch_up(defs, instance, dagster_home, report, max_rounds, echo)
+
+    # Dagster tracks a "current instance" in context variables, and the short-lived
+    # instances that sensor contexts create leave them pointing at collected objects.
+    # A context of its own keeps that from leaking into the caller.
+    contextvars.Context().run(run)
     report.seconds = time.monotonic() - started
     return report
 
@@ -137,12 +145,7 @@ def _catch_up(
         defs.get_repository_def()
     cursor_path = dagster_home / CURSOR_FILE
     cursors: dict[str, str | None] = json.loads(cursor_path.read_text()) if cursor_path.exists() else {}
-    sensor_names = [
-        "inspection_offsets_sensor",
-        "quality_offsets_sensor",
-        "mart_partitions_sensor",
-        "alerts_sensor",
-    ]
+    sensor_names = [sensor.name for sensor in defs.sensors or []]
     idle_rounds = 0
     for report.rounds in range(1, max_rounds + 1):
         executed: list[str] = []

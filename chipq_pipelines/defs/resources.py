@@ -37,7 +37,7 @@ class KafkaResource(dg.ConfigurableResource):
     #: The group whose committed offsets mirror what the warehouse has landed.
     pipeline_group: str = PIPELINE_GROUP
     #: Records one ingest run reads at most (all partitions together).
-    max_records_per_run: int = 100_000
+    max_records_per_run: int = 250_000
 
     def config(self) -> KafkaConfig:
         return KafkaConfig(

@@ -59,7 +59,7 @@ def build_offset_sensor(name: str, topic_field: str, job: "UnresolvedAssetJobDef
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
             f"Plans exact offset ranges of `{DEFAULT_TOPICS[topic_field]}` from Kafka watermarks and the "
-            "`chipq-dagster` group's committed offsets: at most CHIPQ_MAX_RECORDS_PER_RUN (100,000) records a run, "
+            "`chipq-dagster` group's committed offsets: at most CHIPQ_MAX_RECORDS_PER_RUN (250,000) records a run, "
             "one run in flight. The topic and group can be overridden (CHIPQ_INSPECTION_TOPIC, ...)."
         ),
     )
