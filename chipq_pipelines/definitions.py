@@ -55,6 +55,7 @@ JOBS = [
 SENSORS = [inspection_offsets_sensor, quality_offsets_sensor, mart_partitions_sensor, alerts_sensor]
 SCHEDULES = [daily_defect_rates, flow_checks_schedule]
 
+
 def build_defs() -> dg.Definitions:
     """The Definitions with resources bound to the current environment (tests call it after setting env)."""
     return dg.Definitions(
