@@ -105,7 +105,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -124,7 +125,7 @@ def _is_our_broker(pid: int, instance_dir: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
     args = [a.decode(errors="replace") for a in cmdline]
     return "kafka.Kafka" in args and any(str(instance_dir) in a for a in args)
 
@@ -177,7 +178,7 @@ class LocalKafka:
             pid = int(self._pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if _pid_alive(pid) and _is_our_broker(pid, self.instance_dir):
+        if pid_alive(pid) and _is_our_broker(pid, self.instance_dir):
             return pid
         return None
 
@@ -305,12 +306,12 @@ class LocalKafka:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             self._reap(pid)
             time.sleep(0.2)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
+            while pid_alive(pid):
                 self._reap(pid)
                 time.sleep(0.1)
         self._reap(pid)
@@ -322,7 +323,7 @@ class LocalKafka:
         pid = self.pid()
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
-            while _pid_alive(pid):
+            while pid_alive(pid):
                 self._reap(pid)
                 time.sleep(0.05)
             self._reap(pid)

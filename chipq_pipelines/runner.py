@@ -20,6 +20,7 @@ from pathlib import Path
 import dagster as dg
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
+from chipq_pipelines.local_kafka import pid_alive
 from chipq_pipelines.paths import ChipqHome
 
 INSTANCE_TEMPLATE = Path(__file__).with_name("dagster.yaml")
@@ -62,22 +63,12 @@ def recover_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     unfinished = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED]
     for run in instance.get_runs(dg.RunsFilter(statuses=unfinished, tags={DRIVER_TAG: "catch-up"})):
         pid = int(run.tags.get(PID_TAG, "0") or 0)
-        if pid and _alive(pid):
+        if pid and pid_alive(pid):
             continue
         instance.report_run_failed(run, "the catch-up process running it died")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         recovered.append(run.run_id)
     return recovered
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _succeeded(instance: dg.DagsterInstance, run_key: str) -> bool:

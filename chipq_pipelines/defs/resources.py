@@ -16,7 +16,7 @@ import dagster as dg
 import duckdb
 
 from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
-from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.events.config import ENV_VARS, KafkaConfig
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.warehouse import schema as warehouse_schema
@@ -94,13 +94,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 KAFKA_ENV = {
-    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
-    "schema_registry_url": "SCHEMA_REGISTRY_URL",
-    "security_protocol": "KAFKA_SECURITY_PROTOCOL",
-    "sasl_mechanism": "KAFKA_SASL_MECHANISM",
-    "sasl_username": "KAFKA_SASL_USERNAME",
-    "sasl_password": "KAFKA_SASL_PASSWORD",
-    "ssl_ca_location": "KAFKA_SSL_CA_LOCATION",
+    **ENV_VARS,  # the events library's variables, read the same way here
     # Overrides for isolated environments (tests, staging) sharing one cluster.
     "inspection_topic": "CHIPQ_INSPECTION_TOPIC",
     "quality_topic": "CHIPQ_QUALITY_TOPIC",
