@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+	mkdir -p $(DAGSTER_HOME)
 
 install: $(STAMP)
 

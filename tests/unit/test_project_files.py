@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from chipq_pipelines.paths import ChipqHome
+from chipq_pipelines.runner import ensure_dagster_home
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dagster_definitions_validate() -> None:
+    ensure_dagster_home()  # a fresh clone has no DAGSTER_HOME folder yet
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
