@@ -65,20 +65,28 @@ class ThresholdRule:
 
 @dataclass(frozen=True)
 class SpcBaselineValues:
-    """Frozen SPC centre lines: lot-mean score (and its sigma), defects per chip, failing fraction."""
+    """Frozen SPC centre lines: lot-mean score (and its sigma), defects per chip, failing fraction.
+
+    ``u_sigma_z`` / ``p_sigma_z`` are Laney's over-dispersion factors of the u- and
+    p-chart (1 = plain Poisson / binomial); None = derive them from the baseline's lots.
+    """
 
     mean_score: float
     sigma_score: float
     u_bar: float
     p_bar: float
+    u_sigma_z: float | None = None
+    p_sigma_z: float | None = None
 
 
 @dataclass(frozen=True)
 class SpcSettings:
     enabled: bool = True
     min_baseline_lots: int = 20
-    baseline_lots: int = 25
+    baseline_lots: int = 30
     min_sigma: float = 0.005
+    #: WE4 counts a lot as "below" only under mu - this many sigma (0 = the textbook centre line).
+    we4_margin_sigma: float = 0.5
     level: str = "WARNING"
     rules: tuple[str, ...] = SPC_RULES
     baseline: SpcBaselineValues | None = None
@@ -235,7 +243,10 @@ class _Parser:
     def spc(self, node: yaml.Node | None) -> SpcSettings:
         if node is None:
             return SpcSettings(enabled=False)
-        keys = {"enabled", "min_baseline_lots", "baseline_lots", "min_sigma", "level", "rules", "baseline"}
+        keys = {
+            "enabled", "min_baseline_lots", "baseline_lots", "min_sigma", "we4_margin_sigma", "level", "rules",
+            "baseline",
+        }  # fmt: skip
         fields = self.mapping(node, "spc", allowed=keys)
         settings: dict[str, Any] = {}
         if "enabled" in fields:
@@ -251,10 +262,12 @@ class _Parser:
                 settings[key] = int(value)
         if settings.get("min_baseline_lots", 20) < 20:
             raise self.fail(fields["min_baseline_lots"], "spc.min_baseline_lots", "must be at least 20 lots")
-        if settings.get("baseline_lots", 25) < settings.get("min_baseline_lots", 20):
+        if settings.get("baseline_lots", 30) < settings.get("min_baseline_lots", 20):
             raise self.fail(fields.get("baseline_lots", node), "spc.baseline_lots", "must be >= min_baseline_lots")
         if "min_sigma" in fields:
             settings["min_sigma"] = self.number(fields["min_sigma"], "spc.min_sigma", low=0.0)
+        if "we4_margin_sigma" in fields:
+            settings["we4_margin_sigma"] = self.number(fields["we4_margin_sigma"], "spc.we4_margin_sigma", low=0.0)
         if "level" in fields:
             settings["level"] = self.text(fields["level"], "spc.level", LEVELS)
         if "rules" in fields:
@@ -265,12 +278,19 @@ class _Parser:
                 self.text(n, f"spc.rules[{i}]", SPC_RULES) for i, n in enumerate(rules_node.value)
             )
         if "baseline" in fields:
+            required = {"mean_score", "sigma_score", "u_bar", "p_bar"}
             values = self.mapping(
-                fields["baseline"], "spc.baseline", required={"mean_score", "sigma_score", "u_bar", "p_bar"}
+                fields["baseline"], "spc.baseline", required=required, allowed=required | {"u_sigma_z", "p_sigma_z"}
             )
-            numbers = {k: self.number(n, f"spc.baseline.{k}", low=0.0) for k, n in values.items()}
+            numbers = {
+                k: self.number(n, f"spc.baseline.{k}", low=1.0 if k.endswith("sigma_z") else 0.0)
+                for k, n in values.items()
+            }
             if numbers["p_bar"] > 1 or numbers["mean_score"] > 1:
                 raise self.fail(fields["baseline"], "spc.baseline", "mean_score and p_bar must be within [0, 1]")
+            # A configured baseline has no lots to estimate over-dispersion from: plain Poisson / binomial unless set.
+            numbers.setdefault("u_sigma_z", 1.0)
+            numbers.setdefault("p_sigma_z", 1.0)
             settings["baseline"] = SpcBaselineValues(**numbers)
         return SpcSettings(**settings)
 

@@ -24,21 +24,23 @@ the run) get excursions, so SPC has in-control lots to set its limits on.
 
 ``expected_rules`` lists rules that must fire on the lot (others may too),
 derived from the lot's realized figures: every shipped lot rule whose
-limit the lot breaks (``LOT_RULES`` mirrors ``rules.yaml`` v1), plus
-``spc_*`` (any SPC rule) when the lot mean lies below the clean mean − 3
-max(sd, 0.005) or its defects per chip / failing fraction lie above the
-u / p chart's 3-sigma limit on the clean lots. ``expected_alert_level`` is
-the worst level among the fixed rules.
+limit the lot breaks (``LOT_RULES`` mirrors ``rules.yaml`` v2, unchanged
+since v1), plus ``spc_*`` (any SPC rule) when the lot mean lies below the
+clean mean − 3 max(sd, 0.005) or its defect / failing count lies above the
+u / p chart's UCL on the clean lots (the shipped charts' limits from
+``rules.spc``: Laney sigma_z, probability limits at the 3-sigma tail).
+``expected_alert_level`` is the worst level among the fixed rules.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from chipq_pipelines.rules.spc import laney_sigma_z, upper_limit_count
 
 CLEAN = "clean"
 STATION_DRIFT = "station_drift"
@@ -57,7 +59,7 @@ SCRATCH_REVIEW_SHARE = 0.5
 SCRATCH_EXCURSION_DEFECTS = 3.0  # per die on the scratch, on top of the wafer's own
 
 PASS_THRESHOLD = 0.85
-#: The shipped lot rules (``chipq_pipelines/rules/rules.yaml`` v1): metric, direction, WARNING, CRITICAL limit.
+#: The shipped lot rules (``chipq_pipelines/rules/rules.yaml`` v2 = v1): metric, direction, WARNING, CRITICAL limit.
 LOT_RULES: dict[str, tuple[str, str, float, float]] = {
     "lot_mean_score": ("mean_quality_score", "below", 0.85, 0.70),
     "lot_pass_rate": ("pass_rate", "below", 0.90, 0.75),
@@ -137,7 +139,10 @@ class GroundTruth:
                     rule: {"metric": m, "direction": d, "WARNING": w, "CRITICAL": c}
                     for rule, (m, d, w, c) in LOT_RULES.items()
                 },
-                "spc_*": "mean score below clean mean - 3 max(sd, 0.005), or u / p above its 3-sigma UCL on clean lots",
+                "spc_*": (
+                    "mean score below clean mean - 3 max(sd, 0.005), or defects / failing inspections above the "
+                    "u / p chart's UCL on clean lots (Laney sigma_z, P(X > UCL) <= 0.00135)"
+                ),
             },
         }
 
@@ -218,6 +223,10 @@ def _breaches(stats: LotStats) -> dict[str, str]:
     return out
 
 
+def _failing(stats: LotStats) -> int:
+    return round((1 - stats.pass_rate) * stats.inspections)
+
+
 def ground_truth(lots: Sequence[LotPlan], stats: Mapping[str, LotStats], wafer_patterns: dict[str, str]) -> GroundTruth:
     """The truth file's content: realized lot figures decide the rules each excursion must trip."""
     clean = [lot.lot_id for lot in lots if lot.kind == CLEAN and lot.lot_id in stats]
@@ -229,6 +238,8 @@ def ground_truth(lots: Sequence[LotPlan], stats: Mapping[str, LotStats], wafer_p
     inspections = sum(s.inspections for s in clean_stats) or 1
     u_bar = sum(s.defect_count for s in clean_stats) / chips
     p_bar = sum((1 - s.pass_rate) * s.inspections for s in clean_stats) / inspections
+    u_sigma_z = laney_sigma_z("defects", [(s.defect_count, s.chips) for s in clean_stats], u_bar)
+    p_sigma_z = laney_sigma_z("failing", [(_failing(s), s.inspections) for s in clean_stats], p_bar)
     baseline = {
         "clean_lots": float(len(clean)),
         "mean_quality_score": round(base_mean, 5),
@@ -237,6 +248,8 @@ def ground_truth(lots: Sequence[LotPlan], stats: Mapping[str, LotStats], wafer_p
         "defect_density": round(u_bar, 5),
         "max_defect_density": round(max((s.defect_density for s in clean_stats), default=0.0), 5),
         "failing_fraction": round(p_bar, 5),
+        "u_sigma_z": round(u_sigma_z, 4),
+        "p_sigma_z": round(p_sigma_z, 4),
         "min_pass_rate": round(min((s.pass_rate for s in clean_stats), default=0.0), 5),
         "max_critical_defects": float(max((s.critical_defects for s in clean_stats), default=0)),
     }
@@ -249,8 +262,8 @@ def ground_truth(lots: Sequence[LotPlan], stats: Mapping[str, LotStats], wafer_p
         rules = sorted(breaches)
         spc = (
             s.mean_quality_score < base_mean - 3 * base_sd
-            or s.defect_density > u_bar + 3 * math.sqrt(u_bar / s.chips)
-            or 1 - s.pass_rate > p_bar + 3 * math.sqrt(p_bar * (1 - p_bar) / s.inspections)
+            or s.defect_count > upper_limit_count("defects", s.chips, u_bar, u_sigma_z)
+            or _failing(s) > upper_limit_count("failing", s.inspections, p_bar, p_sigma_z)
         )
         if spc:
             rules.append("spc_*")

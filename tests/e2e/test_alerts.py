@@ -3,8 +3,9 @@
 between send and mark.
 
 The rules are the shipped file with its SPC baseline pinned (mu 0.95, sigma 0.01,
-u_bar 0.1, p_bar 0.05), so every limit below is known: WE zones 0.94 / 0.93 / 0.92,
-u-chart UCL(20 chips) = 0.312, UCL(100) = 0.195, p-chart UCL(20) = 0.196.
+u_bar 0.1, p_bar 0.05), so every limit below is known: WE zones 0.94 / 0.93 / 0.92, WE4 runs
+below 0.945 (mu - 0.5 sigma); probability limits (rules v2, sigma_z 1 when pinned): u-chart
+UCL(20 chips) = 7 defects (0.35), UCL(100) = 21 (0.21), p-chart UCL(20) = 5 failing (0.25).
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ def _build(prefix: str) -> tuple[Fab, set[tuple[str, str, str, str]]]:
         ("spc_p_chart_failing_fraction", "WARNING"),
     )
     fab.fillers()
-    fab.lot("PASSW", [1.0] * 17 + [0.8] * 3)  # pass rate 0.85, p 0.15 < 0.196
+    fab.lot("PASSW", [1.0] * 17 + [0.8] * 3)  # pass rate 0.85, p 0.15 < 0.25
     lot_alerts("PASSW", ("lot_pass_rate", "WARNING"))
     fab.fillers()
-    fab.lot("PASSC", [1.0] * 14 + [0.84] * 6)  # pass rate 0.7, p 0.3 > 0.196
+    fab.lot("PASSC", [1.0] * 14 + [0.84] * 6)  # pass rate 0.7, p 0.3 > 0.25
     lot_alerts("PASSC", ("lot_pass_rate", "CRITICAL"), ("spc_p_chart_failing_fraction", "WARNING"))
     fab.fillers()
     fab.lot("DENSW", [0.95] * 20, {chip: low for chip in range(12)})  # 0.6 defects per chip
@@ -117,7 +118,7 @@ def _build(prefix: str) -> tuple[Fab, set[tuple[str, str, str, str]]]:
     fab.lot("CRITW", [0.95] * 20, {0: [("void", "CRITICAL")]})
     lot_alerts("CRITW", ("lot_critical_defects", "WARNING"))
     fab.fillers()
-    fab.lot("CRITC", [0.95] * 20, {chip: [("void", "CRITICAL")] for chip in range(5)})  # u 0.25 < 0.312
+    fab.lot("CRITC", [0.95] * 20, {chip: [("void", "CRITICAL")] for chip in range(5)})  # u 0.25 < 0.35
     lot_alerts("CRITC", ("lot_critical_defects", "CRITICAL"))
     fab.fillers()
     fab.lot("WE2a", [0.925] * 20)
@@ -129,14 +130,14 @@ def _build(prefix: str) -> tuple[Fab, set[tuple[str, str, str, str]]]:
     lot_alerts("WE3d", ("spc_we3_4of5_beyond_1sigma", "WARNING"))
     fab.fillers()
     for index in range(8):
-        fab.lot(f"WE4{index}", [0.945] * 20)  # 8 in a row below mu at the 8th
+        fab.lot(f"WE4{index}", [0.943] * 20)  # 8 in a row below mu - 0.5 sigma (0.945) at the 8th
     lot_alerts("WE47", ("spc_we4_8_in_a_row", "WARNING"))
     fab.fillers()
 
     day1 = fab.next_day()  # particle on 6 of 100 chips: 0.06 > 0.05
     fab.lot("DAY1", [0.95] * 100, {chip: low for chip in range(6)})
     expected.add(("daily_defect_rate", "DAY", f"{day1}/particle", "WARNING"))
-    day2 = fab.next_day()  # particle 0.11 > 0.10, scratch 0.03 > 0.02 (its own limit); lot u 0.14 < 0.195
+    day2 = fab.next_day()  # particle 0.11 > 0.10, scratch 0.03 > 0.02 (its own limit); lot u 0.14 < 0.21
     fab.lot("DAY2", [0.95] * 100, {chip: low if chip < 11 else [("scratch", "LOW")] for chip in range(14)})
     expected.add(("daily_defect_rate", "DAY", f"{day2}/particle", "CRITICAL"))
     expected.add(("daily_defect_rate", "DAY", f"{day2}/scratch", "WARNING"))

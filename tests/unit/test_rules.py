@@ -24,6 +24,17 @@ def test_shipped_rules_mirror_the_guide() -> None:
     }  # fmt: skip
     assert [r.rule for r in rules.day_rules] == ["daily_defect_rate"]
     assert rules.spc.enabled and rules.spc.min_baseline_lots >= 20
+    assert rules.version == "2", "v2: u/p probability limits with Laney sigma_z, WE4 margin"
+    assert rules.spc.baseline_lots == 30 and rules.spc.we4_margin_sigma == 0.5
+
+
+def test_spc_baseline_and_we4_margin_are_validated() -> None:
+    pinned = parse_rules(
+        "version: 1\nspc:\n  baseline: {mean_score: 0.9, sigma_score: 0.01, u_bar: 0.1, p_bar: 0.02, u_sigma_z: 1.3}\n"
+    )
+    assert pinned.spc.baseline is not None
+    assert (pinned.spc.baseline.u_sigma_z, pinned.spc.baseline.p_sigma_z) == (1.3, 1.0), "unset sigma_z: plain chart"
+    assert parse_rules("version: 1\nspc:\n  we4_margin_sigma: 0\n").spc.we4_margin_sigma == 0.0
 
 
 def test_chipq_rules_overrides_the_shipped_file(tmp_path, monkeypatch) -> None:
@@ -54,6 +65,13 @@ def test_chipq_rules_overrides_the_shipped_file(tmp_path, monkeypatch) -> None:
         ),
         ("version: 1\nspc:\n  min_baseline_lots: 5\n", 3, "at least 20"),
         ("version: 1\nspc:\n  rules: [spc_we9]\n", 3, "spc_we9"),
+        ("version: 1\nspc:\n  we4_margin_sigma: -1\n", 3, "we4_margin_sigma"),
+        (
+            "version: 1\nspc:\n  baseline: {mean_score: 0.9, sigma_score: 0.01, u_bar: 0.1, p_bar: 0.02,\n"
+            "    u_sigma_z: 0.8}\n",
+            4,
+            "u_sigma_z",
+        ),
         ("version: 1\nbogus: 2\n", 2, "unknown key"),
         ("lot_rules: []\n", 1, "version"),
         (
@@ -120,5 +138,8 @@ def test_event_ids_are_deterministic_per_fact_and_version() -> None:
     worse = evaluate_lot(rules, {**LOT, "mean_quality_score": 0.6})[0]
     assert first.event_id == again.event_id, "same rule, lot, level and version: same alert"
     assert worse.event_id != first.event_id, "an escalation to CRITICAL is a new alert"
-    newer = parse_rules(load_rules.__globals__["shipped_rules_text"]().replace("version: 1", "version: 2"))
+    shipped = load_rules.__globals__["shipped_rules_text"]()
+    assert f"\nversion: {rules.version}\n" in shipped
+    newer = parse_rules(shipped.replace(f"\nversion: {rules.version}\n", "\nversion: next\n"))
+    assert newer.version == "next"
     assert evaluate_lot(newer, {**LOT, "mean_quality_score": 0.8})[0].event_id != first.event_id
