@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import DeserializationError
-from chipq_pipelines.events.serialization import latest_reader_decoder
+from chipq_pipelines.events.serialization import AvroSerializer, latest_reader_decoder
 from chipq_pipelines.warehouse.landing import land_batch, landed_offsets, pending_partitions
 from chipq_pipelines.warehouse.types import KafkaCoordinates, LandingResult, RejectedRecord, ValidationBounds
 
@@ -116,7 +116,8 @@ def ingest_ranges(
             todo[partition] = (anchored, end)
         summary.read = dict(todo)
         if todo:
-            _read_and_land(consumer, conn, topic, todo, summary, chunk_size, bounds, stall_timeout_s, progress)
+            decoder = latest_reader_decoder(kafka)  # the resource's schema registry, if any
+            _read_and_land(consumer, decoder, conn, topic, todo, summary, chunk_size, bounds, stall_timeout_s, progress)
         _commit_to_group(consumer, topic, summary)
     finally:
         consumer.close()
@@ -129,6 +130,7 @@ def ingest_ranges(
 
 def _read_and_land(
     consumer: Consumer,
+    decoder: AvroSerializer,
     conn: duckdb.DuckDBPyConnection,
     topic: str,
     todo: dict[int, tuple[int, int]],
@@ -138,7 +140,6 @@ def _read_and_land(
     stall_timeout_s: float,
     progress: Callable[[IngestSummary], None] | None,
 ) -> None:
-    decoder = latest_reader_decoder()
     consumer.assign(
         [TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING) for p, (start, _) in todo.items()]
     )
@@ -227,7 +228,7 @@ def _finish(
 
 
 def _decode_into(
-    decoder,
+    decoder: AvroSerializer,
     message,
     topic: str,
     inspection: list[tuple[dict, KafkaCoordinates]],
