@@ -165,9 +165,12 @@ class ProducerCore:
                 "linger.ms": 5,
                 "delivery.timeout.ms": int(delivery_timeout_s * 1000),
                 "queue.buffering.max.messages": 200_000,
+                "error_cb": self._on_client_error,
                 **overrides,
             }
         )
+        #: Set once the client cannot work at all (wrong credentials): every send fails with it.
+        self.fatal_reason: str | None = None
         self.delivery_timeout_s = delivery_timeout_s
         self._producer: Producer | None = None
         self._poller: threading.Thread | None = None
@@ -187,6 +190,28 @@ class ProducerCore:
         self._stopping.clear()
         self._poller = threading.Thread(target=self._poll_loop, name="chipq-producer-poll", daemon=True)
         self._poller.start()
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors (poll thread): a wrong password fails every batch at once.
+
+        Without this a publish would wait for its delivery timeout and then say
+        only "message timed out". The reason carries no secret (librdkafka never
+        prints the password).
+        """
+        if error.code() == KafkaError._AUTHENTICATION:
+            reason = f"authentication failed: {error.str()} (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
+        elif error.fatal():
+            reason = f"fatal producer error: {error.str()}"
+        else:
+            logger.warning("kafka producer: %s", error.str())
+            return
+        if self.fatal_reason is None:
+            logger.error("kafka producer: %s", reason)
+        self.fatal_reason = reason
+        with self._pending_lock:
+            batches = list(self._pending.values())
+        for batch in batches:
+            batch.fail_open(reason)
 
     def _poll_loop(self) -> None:
         producer = self._producer
@@ -233,6 +258,9 @@ class ProducerCore:
             token = self._next_id
             self._pending[token] = batch
         batch.release = partial(self._release, token)
+        if self.fatal_reason is not None:
+            batch.fail_open(self.fatal_reason)
+            return
         produce = producer.produce
         deliver = batch.delivered
         sizes = batch.sizes
@@ -289,6 +317,10 @@ class ProducerCore:
         self._stopping.set()
         if self._poller is not None:
             self._poller.join()
+        if self.fatal_reason is not None:
+            # Nothing can reach the cluster (e.g. wrong credentials): do not wait for the flush.
+            producer.purge()
+            timeout = 0
         remaining = producer.flush(timeout)
         self._producer = None
         with self._pending_lock:

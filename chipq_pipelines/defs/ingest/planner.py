@@ -21,6 +21,10 @@ _COORDINATOR_MOVING = {
 }
 
 
+class KafkaAuthenticationError(RuntimeError):
+    """The cluster refused the credentials (SASL): nothing can be planned until they are fixed."""
+
+
 class TopicNotReady(RuntimeError):
     """The topic does not exist (yet) or has no partitions."""
 
@@ -34,7 +38,12 @@ def plan_ranges(
     group (a lower bound of what DuckDB holds: runs commit after landing), or
     at the low watermark for a partition never committed.
     """
-    consumer = Consumer(kafka.librdkafka_config(**{"group.id": group_id, "enable.auto.commit": False, "log_level": 3}))
+    client_errors: list[KafkaError] = []
+    consumer = Consumer(
+        kafka.librdkafka_config(
+            **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors.append}
+        )
+    )
     try:
         metadata = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S)
         info = metadata.topics.get(topic)
@@ -51,6 +60,14 @@ def plan_ranges(
             start = max(tp.offset if tp.offset >= 0 else low, low)
             if high > start:
                 backlog[tp.partition] = (start, high)
+    except KafkaException as exc:
+        consumer.poll(0.5)  # serves the client-level error callbacks (authentication failures come there)
+        auth = [e for e in client_errors if e.code() == KafkaError._AUTHENTICATION]
+        if auth:
+            raise KafkaAuthenticationError(
+                f"Kafka authentication failed: {auth[0].str()} (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
+            ) from exc
+        raise
     finally:
         consumer.close()
     return cap_ranges(backlog, max_records)
