@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 export CHIPQ_HOME ?= $(CURDIR)/.chipq
 export DAGSTER_HOME ?= $(CHIPQ_HOME)/dagster
 
-.PHONY: demo test lint unit install clean ui compose-plugin chromium
+.PHONY: demo test lint unit install clean ui compose-plugin chromium reliability
 
 # The docker client here may lack the compose plugin; the test that checks
 # docker-compose.yml then uses one built from the Go module proxy (once).
@@ -48,6 +48,10 @@ demo: install
 ## make test: lint, type-check the events library, run every test on a real broker
 test: install lint compose-plugin chromium
 	$(BIN)/pytest -ra -p no:cacheprovider
+
+## make reliability: faults, bad input, load, soak (CHIPQ_SOAK_SECONDS, default 600) and SASL; regenerates docs/reliability.md
+reliability: install
+	CHIPQ_SOAK_SECONDS=$${CHIPQ_SOAK_SECONDS:-600} $(BIN)/pytest -ra -p no:cacheprovider -m reliability tests/reliability
 
 lint: install
 	$(BIN)/ruff check .
