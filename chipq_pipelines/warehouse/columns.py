@@ -18,6 +18,16 @@ CANARY_METADATA_KEY = "chipq_canary"
 _UTC = pa.timestamp("us", tz="UTC")
 _STRING_MAP = pa.map_(pa.string(), pa.string())
 
+#: Columns every raw event table ends with: canary flag, where the record was read, when it landed.
+_LANDING_COLUMNS = [
+    ("is_canary", pa.bool_()),
+    ("kafka_topic", pa.string()),
+    ("kafka_partition", pa.int32()),
+    ("kafka_offset", pa.int64()),
+    ("kafka_timestamp", _UTC),
+    ("ingested_at", _UTC),
+]
+
 INSPECTION_SCHEMA = pa.schema(
     [
         ("event_id", pa.string()),
@@ -36,12 +46,7 @@ INSPECTION_SCHEMA = pa.schema(
         ("defect_count", pa.int32()),
         ("metadata", _STRING_MAP),
         ("recipe_id", pa.string()),
-        ("is_canary", pa.bool_()),
-        ("kafka_topic", pa.string()),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-        ("kafka_timestamp", _UTC),
-        ("ingested_at", _UTC),
+        *_LANDING_COLUMNS,
     ]
 )
 
@@ -77,12 +82,7 @@ QUALITY_SCHEMA = pa.schema(
         ("alert_level", pa.string()),
         ("metadata", _STRING_MAP),
         ("model_version", pa.string()),
-        ("is_canary", pa.bool_()),
-        ("kafka_topic", pa.string()),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-        ("kafka_timestamp", _UTC),
-        ("ingested_at", _UTC),
+        *_LANDING_COLUMNS,
     ]
 )
 
