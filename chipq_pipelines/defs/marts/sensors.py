@@ -90,9 +90,9 @@ def mart_partitions_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResu
         context.log.warning(f"event dates without a defect_rates partition, not requested: {unknown_days}")
     known_lots = context.instance.get_dynamic_partitions(lot_partitions.name)
     known = set(known_lots)
-    new_lots = sorted({lot_partition_key(lot) for lot in lots} - known)
-    lot_order = [*known_lots, *new_lots]  # new keys are appended in this order
     lot_keys = {lot_partition_key(lot) for lot in lots}
+    new_lots = sorted(lot_keys - known)
+    lot_order = [*known_lots, *new_lots]  # new keys are appended in this order
     requests = [
         *_range_requests(defect_rates_job.name, day_order, days, tag),
         *_range_requests(lot_quality_job.name, lot_order, lot_keys, tag),
