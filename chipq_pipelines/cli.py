@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,19 +83,36 @@ def kafka_status(port: int) -> None:
 
 @main.command("catch-up")
 @click.option("--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds.")
-def catch_up_command(max_rounds: int) -> None:
+@click.option("--follow", is_flag=True, help="Keep going: catch up again every --interval seconds until stopped.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="With --follow: seconds between passes.",
+)
+def catch_up_command(max_rounds: int, follow: bool, interval: float) -> None:
     """Ingest and materialize everything new, in this process, until done.
 
     Evaluates the offset-planner sensors and the mart partition sensor against
     the Dagster instance in DAGSTER_HOME (default $CHIPQ_HOME/dagster) and runs
     what they request. The runs show in the Dagster UI afterwards.
 
+    With --follow it keeps the pipeline running without the Dagster daemon:
+    a pass every --interval seconds, one line per pass that did work, failed
+    passes retried with backoff. Ctrl-C or SIGTERM finishes the current run
+    and exits cleanly.
+
     \b
-    Example:
+    Examples:
       KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 chipq catch-up
+      chipq catch-up --follow --interval 10
     """
     from chipq_pipelines.runner import CatchUpError, catch_up
 
+    if follow:
+        _follow(interval)
+        return
     try:
         report = catch_up(max_rounds=max_rounds, echo=click.echo)
     except CatchUpError as exc:
@@ -104,6 +122,46 @@ def catch_up_command(max_rounds: int) -> None:
         f"caught up in {report.seconds:.1f} s: {report.records_read} records read, "
         f"{report.events_inserted} events landed, {report.duplicates_skipped} duplicates skipped, "
         f"{report.rejected} rejected; {runs}"
+    )
+
+
+def _follow(interval: float) -> None:
+    import signal
+    import threading
+
+    from chipq_pipelines.runner import follow
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        if stop.is_set():  # asked twice: stop now (a run cut short is re-planned by the next catch-up)
+            raise KeyboardInterrupt
+        click.echo(f"{signal.Signals(signum).name}: finishing the current run, then stopping (again: now)", err=True)
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    click.echo(f"following: a pass every {interval:g} s (Ctrl-C to stop)")
+    # The passes run in a worker thread: Dagster turns a signal that reaches the
+    # main thread during a step into an interrupted run, while a stop request
+    # should let the current run finish. Signals always go to the main thread.
+    result: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: result.append(follow(interval=interval, stop=stop, echo=click.echo)),
+        name="chipq-follow",
+        daemon=True,
+    )
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+    if not result:
+        raise click.ClickException("the follow loop ended with an error (see above)")
+    summary = result[0]
+    total = summary.total
+    click.echo(
+        f"stopped after {summary.passes} passes ({summary.failed_passes} failed): "
+        f"{total.events_inserted} events landed, {total.rejected} rejected, "
+        f"{total.duplicates_skipped} duplicates skipped"
     )
 
 

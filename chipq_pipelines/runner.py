@@ -9,9 +9,11 @@ in the Dagster UI afterwards, exactly as if the daemon had launched them.
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,9 +97,13 @@ def _record(report: CatchUpReport, result: dg.ExecuteInProcessResult) -> None:
 
 
 def catch_up(
-    *, max_rounds: int = 10_000, echo: Callable[[str], None] = print, defs: dg.Definitions | None = None
+    *,
+    max_rounds: int = 10_000,
+    echo: Callable[[str], None] = print,
+    defs: dg.Definitions | None = None,
+    stop: threading.Event | None = None,
 ) -> CatchUpReport:
-    """Evaluate sensors and execute their runs until there is no new work."""
+    """Evaluate sensors and execute their runs until there is no new work (or ``stop`` is set between rounds)."""
     dagster_home = ensure_dagster_home()
     if defs is None:
         from chipq_pipelines.definitions import build_defs
@@ -108,7 +114,7 @@ def catch_up(
 
     def run() -> None:
         with dg.DagsterInstance.get() as instance:
-            _catch_up(defs, instance, dagster_home, report, max_rounds, echo)
+            _catch_up(defs, instance, dagster_home, report, max_rounds, echo, stop)
 
     # Dagster tracks a "current instance" in context variables, and the short-lived
     # instances that sensor contexts create leave them pointing at collected objects.
@@ -125,6 +131,7 @@ def _catch_up(
     report: CatchUpReport,
     max_rounds: int,
     echo: Callable[[str], None],
+    stop: threading.Event | None = None,
 ) -> None:
     for run_id in recover_orphaned_runs(instance):
         echo(f"marked run {run_id[:8]} failed: its process had died")
@@ -161,7 +168,7 @@ def _catch_up(
                 executed.append(run_request.job_name or "")
             cursors[name] = data.cursor
             cursor_path.write_text(json.dumps(cursors))
-        if not executed:
+        if not executed or (stop is not None and stop.is_set()):
             break
         # Ingest runs that read nothing, round after round, mean the plan cannot
         # advance (e.g. the landed offsets cannot be committed to the group): stop.
@@ -211,3 +218,64 @@ def _execute(
         echo(f"  {label}: run {result.run_id[:8]} ok, {report.records_read} records read so far")
     else:
         echo(f"  {label}: run {result.run_id[:8]} ok")
+
+
+@dataclass
+class FollowReport:
+    passes: int = 0
+    failed_passes: int = 0
+    total: CatchUpReport = field(default_factory=CatchUpReport)
+
+
+def follow(
+    *,
+    interval: float = 5.0,
+    stop: threading.Event,
+    echo: Callable[[str], None] = print,
+    max_backoff: float = 60.0,
+) -> FollowReport:
+    """Catch up, wait ``interval`` seconds, repeat until ``stop`` is set: the pipeline without the daemon.
+
+    A failed pass (the broker away, a run failing) is reported and retried with
+    exponential backoff up to ``max_backoff`` seconds; nothing is skipped, since
+    every pass re-plans from the offsets landed in DuckDB.
+    """
+    from chipq_pipelines.definitions import build_defs
+
+    defs = build_defs()
+    summary = FollowReport()
+    delay = interval
+    while not stop.is_set():
+        try:
+            report = catch_up(defs=defs, echo=lambda _line: None, stop=stop)
+        except Exception as exc:  # the loop outlives broker restarts and failing runs
+            summary.failed_passes += 1
+            delay = min(max_backoff, max(interval, delay * 2))
+            echo(f"{_now()} pass failed ({type(exc).__name__}: {str(exc)[:300]}); retrying in {delay:.0f} s")
+        else:
+            summary.passes += 1
+            delay = interval
+            _accumulate(summary.total, report)
+            if report.runs:
+                runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items()))
+                echo(
+                    f"{_now()} {report.events_inserted} events landed, {report.rejected} rejected, "
+                    f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
+                )
+        stop.wait(delay)
+    return summary
+
+
+def _accumulate(total: CatchUpReport, report: CatchUpReport) -> None:
+    total.rounds += report.rounds
+    for job, n in report.runs.items():
+        total.runs[job] = total.runs.get(job, 0) + n
+    total.records_read += report.records_read
+    total.events_inserted += report.events_inserted
+    total.duplicates_skipped += report.duplicates_skipped
+    total.rejected += report.rejected
+    total.seconds += report.seconds
+
+
+def _now() -> str:
+    return f"{dt.datetime.now(dt.UTC):%H:%M:%S}"

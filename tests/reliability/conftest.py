@@ -36,7 +36,6 @@ import pytest
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import PublishError
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
-from chipq_pipelines.events.topics import ensure_topics
 from chipq_pipelines.local_kafka import LocalKafka, free_port, kafka_version
 from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 
@@ -221,66 +220,10 @@ def write_report(rows: list[Row], total_s: float) -> Path:
 # ------------------------------------------------------------------ environments
 
 
-@dataclass
-class Env:
-    bootstrap: str
-    home: Path
-    inspection_topic: str
-    quality_topic: str
-    group: str
-    extra: dict[str, str] = field(default_factory=dict)
-    config: KafkaConfig | None = None
-
-    @property
-    def kafka_config(self) -> KafkaConfig:
-        return self.config or KafkaConfig(bootstrap_servers=self.bootstrap)
-
-    @property
-    def warehouse(self) -> Path:
-        return self.home / "warehouse.duckdb"
-
-    @property
-    def snapshot(self) -> Path:
-        return self.home / "analytics.duckdb"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "CHIPQ_HOME": str(self.home),
-            "DAGSTER_HOME": str(self.home / "dagster"),
-            "CHIPQ_INSPECTION_TOPIC": self.inspection_topic,
-            "CHIPQ_QUALITY_TOPIC": self.quality_topic,
-            "CHIPQ_PIPELINE_GROUP": self.group,
-            **self.extra,
-        }
-
-
 @pytest.fixture
-def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Env]:
-    """Factory: an isolated pipeline environment on ``bootstrap`` (env vars set for this test)."""
-    count = 0
-
-    def make(bootstrap: str, config: KafkaConfig | None = None, **extra: str) -> Env:
-        nonlocal count
-        count += 1
-        tag = uuid.uuid4().hex[:10]
-        env = Env(
-            bootstrap=bootstrap,
-            home=tmp_path / f"chipq-{count}",
-            inspection_topic=f"rel-inspection-{tag}",
-            quality_topic=f"rel-quality-{tag}",
-            group=f"rel-chipq-{tag}",
-            extra=dict(extra),
-            config=config,
-        )
-        env.home.mkdir()
-        ensure_topics(env.kafka_config, partitions=3, topics=[env.inspection_topic, env.quality_topic])
-        for name, value in env.env.items():
-            monkeypatch.setenv(name, value)
-        return env
-
-    return make
+def make_env(make_pipeline_env: Callable[..., Any]) -> Callable[..., Any]:
+    """Factory of isolated pipelines (``make_pipeline_env`` of ``tests/conftest.py``)."""
+    return make_pipeline_env
 
 
 @pytest.fixture
@@ -341,7 +284,7 @@ def make_events(count: int, lot_prefix: str = "REL", *, when: dt.datetime | None
     return events
 
 
-def publish(env: Env, events: list[dict[str, Any]], config: KafkaConfig | None = None) -> set[str]:
+def publish(env: Any, events: list[dict[str, Any]], config: KafkaConfig | None = None) -> set[str]:
     """Publish through the events library; returns the event ids Kafka acknowledged (raises on any failure)."""
     with SyncInspectionEventProducer(config or env.kafka_config, topic=env.inspection_topic) as producer:
         producer.publish_batch(events, key_fn=lambda e: e["inspection_id"])
@@ -374,7 +317,7 @@ class Tally:
     offsets_landed: dict[int, int]
 
 
-def tally(env: Env, published: set[str]) -> Tally:
+def tally(env: Any, published: set[str]) -> Tally:
     """Lost/duplicated of ``published`` ids, read from the warehouse (no writer may be running)."""
     conn = duckdb.connect(str(env.warehouse), read_only=True)
     try:
@@ -454,7 +397,7 @@ def catch_up_until_ok(deadline_s: float = 120.0) -> tuple[Any, list[str]]:
             time.sleep(1.0)
 
 
-def catch_up_subprocess(env: Env, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def catch_up_subprocess(env: Any, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chipq_pipelines.cli", "catch-up"],
         env={**os.environ, **env.env, **extra_env},
