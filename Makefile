@@ -46,12 +46,15 @@ demo: install
 	$(BIN)/chipq demo
 
 ## make test: lint, type-check the events library, run every test on a real broker
+## (plus the short reliability cases: bad input, ingest crashes, producer fault, SASL)
 test: install lint compose-plugin chromium
-	$(BIN)/pytest -ra -p no:cacheprovider
+	$(BIN)/pytest -ra -p no:cacheprovider -m "not reliability or short"
 
-## make reliability: faults, bad input, load, soak (CHIPQ_SOAK_SECONDS, default 600) and SASL; regenerates docs/reliability.md
+## make reliability: faults, bad input, load, a soak (CHIPQ_SOAK_SECONDS, default 600) alongside, and SASL;
+## regenerates docs/reliability.md (about 15 minutes)
 reliability: install
-	CHIPQ_SOAK_SECONDS=$${CHIPQ_SOAK_SECONDS:-600} $(BIN)/pytest -ra -p no:cacheprovider -m reliability tests/reliability
+	CHIPQ_SOAK_SECONDS=$${CHIPQ_SOAK_SECONDS:-600} CHIPQ_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md \
+	  $(BIN)/pytest -ra -p no:cacheprovider -m reliability tests/reliability
 
 lint: install
 	$(BIN)/ruff check .

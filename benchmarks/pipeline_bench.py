@@ -58,22 +58,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from chipq_pipelines.environment import PIPELINE_ENV_VARS, PipelineEnv
 from chipq_pipelines.paths import REPO_ROOT
 
 SCHEMAS_DIR = REPO_ROOT / "schemas"
 PARTITIONS = 3
 BARE_BATCH = 10_000
-PIPELINE_ENV_VARS = (
-    "KAFKA_BOOTSTRAP_SERVERS",
-    "CHIPQ_HOME",
-    "DAGSTER_HOME",
-    "CHIPQ_INSPECTION_TOPIC",
-    "CHIPQ_QUALITY_TOPIC",
-    "CHIPQ_PIPELINE_GROUP",
-    "CHIPQ_WAREHOUSE",
-    "CHIPQ_ANALYST_SNAPSHOT",
-    "SCHEMA_REGISTRY_URL",
-)
 
 
 def log(message: str) -> None:
@@ -111,50 +101,9 @@ def kafka_broker(bootstrap: str | None, root: Path) -> Iterator[tuple[str, str]]
 # ------------------------------------------------------------------ pipeline env
 
 
-@dataclass
-class PipelineEnv:
-    bootstrap: str
-    home: Path
-    inspection_topic: str
-    quality_topic: str
-    group: str
-
-    @property
-    def snapshot(self) -> Path:
-        return self.home / "analytics.duckdb"
-
-    def apply(self) -> None:
-        for name in PIPELINE_ENV_VARS:
-            os.environ.pop(name, None)
-        os.environ.update(
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-                "CHIPQ_HOME": str(self.home),
-                "DAGSTER_HOME": str(self.home / "dagster"),
-                "CHIPQ_INSPECTION_TOPIC": self.inspection_topic,
-                "CHIPQ_QUALITY_TOPIC": self.quality_topic,
-                "CHIPQ_PIPELINE_GROUP": self.group,
-            }
-        )
-
-
 def make_env(bootstrap: str, root: Path) -> PipelineEnv:
-    from chipq_pipelines.events.config import KafkaConfig
-    from chipq_pipelines.events.topics import ensure_topics
-
-    tag = uuid.uuid4().hex[:10]
-    env = PipelineEnv(
-        bootstrap=bootstrap,
-        home=root / "chipq",
-        inspection_topic=f"bench-inspection-{tag}",
-        quality_topic=f"bench-quality-{tag}",
-        group=f"bench-chipq-dagster-{tag}",
-    )
-    env.home.mkdir(parents=True)
+    env = PipelineEnv.create(bootstrap, root / "chipq", prefix="bench-", partitions=PARTITIONS)
     env.apply()
-    ensure_topics(
-        KafkaConfig(bootstrap_servers=bootstrap), PARTITIONS, topics=[env.inspection_topic, env.quality_topic]
-    )
     time.sleep(1.0)  # let partition leaders settle
     return env
 

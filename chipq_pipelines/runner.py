@@ -172,13 +172,16 @@ def _catch_up(
             break
         # Ingest runs that read nothing, round after round, mean the plan cannot
         # advance (e.g. the landed offsets cannot be committed to the group): stop.
-        only_empty_ingests = report.records_read == records_before and all(
-            job.startswith("ingest") or job == "publish_analyst_snapshot" for job in executed
-        )
+        only_empty_ingests = _only_empty_ingests(executed, report.records_read - records_before)
         idle_rounds = idle_rounds + 1 if only_empty_ingests else 0
         if idle_rounds >= 3:
             echo("warning: the last rounds read no new records; stopping (check the logs of the last ingest run)")
             break
+
+
+def _only_empty_ingests(jobs: list[str], records_read: int) -> bool:
+    """Runs that did nothing: ingest runs that read no record (and the snapshot refresh after them)."""
+    return records_read == 0 and all(job.startswith("ingest") or job == "publish_analyst_snapshot" for job in jobs)
 
 
 def _execute(
@@ -234,35 +237,42 @@ def follow(
     echo: Callable[[str], None] = print,
     max_backoff: float = 60.0,
 ) -> FollowReport:
-    """Catch up, wait ``interval`` seconds, repeat until ``stop`` is set: the pipeline without the daemon.
+    """The pipeline without the daemon: sensor rounds and their runs until ``stop`` is set.
 
-    A failed pass (the broker away, a run failing) is reported and retried with
-    exponential backoff up to ``max_backoff`` seconds; nothing is skipped, since
-    every pass re-plans from the offsets landed in DuckDB.
+    Each pass is one round (every sensor evaluated once, its runs executed);
+    after a pass that did work the next one starts at once, after an idle one
+    in ``interval`` seconds, so a backlog drains at full speed and every pass
+    that did work prints one line. A failed pass (the broker away, a run
+    failing) is reported and retried with exponential backoff up to
+    ``max_backoff`` seconds; nothing is skipped, since every pass re-plans from
+    the offsets landed in DuckDB.
     """
     from chipq_pipelines.definitions import build_defs
 
     defs = build_defs()
     summary = FollowReport()
-    delay = interval
+    backoff = interval
     while not stop.is_set():
         try:
-            report = catch_up(defs=defs, echo=lambda _line: None, stop=stop)
+            report = catch_up(defs=defs, echo=lambda _line: None, stop=stop, max_rounds=1)
         except Exception as exc:  # the loop outlives broker restarts and failing runs
             summary.failed_passes += 1
-            delay = min(max_backoff, max(interval, delay * 2))
-            echo(f"{_now()} pass failed ({type(exc).__name__}: {str(exc)[:300]}); retrying in {delay:.0f} s")
-        else:
-            summary.passes += 1
-            delay = interval
-            _accumulate(summary.total, report)
-            if report.runs:
-                runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items()))
-                echo(
-                    f"{_now()} {report.events_inserted} events landed, {report.rejected} rejected, "
-                    f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
-                )
-        stop.wait(delay)
+            backoff = min(max_backoff, max(interval, backoff * 2))
+            echo(f"{_now()} pass failed ({type(exc).__name__}: {str(exc)[:300]}); retrying in {backoff:.0f} s")
+            stop.wait(backoff)
+            continue
+        summary.passes += 1
+        backoff = interval
+        _accumulate(summary.total, report)
+        jobs = [job for job, n in report.runs.items() for _ in range(n)]
+        if not jobs or _only_empty_ingests(jobs, report.records_read):
+            stop.wait(interval)
+            continue
+        runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items()))
+        echo(
+            f"{_now()} {report.events_inserted} events landed, {report.rejected} rejected, "
+            f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
+        )
     return summary
 
 

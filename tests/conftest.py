@@ -13,13 +13,12 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from chipq_pipelines.environment import PIPELINE_ENV_VARS, PipelineEnv
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.topics import ensure_topics
 from chipq_pipelines.local_kafka import LocalKafka, free_port, kafka_version, metadata_answers
 from chipq_pipelines.paths import ChipqHome
 
@@ -70,73 +69,33 @@ def unique_name() -> Callable[[str], str]:
     return make
 
 
-@dataclass
-class PipelineEnv:
-    """One isolated pipeline: its own topics, consumer group, CHIPQ_HOME and DAGSTER_HOME."""
-
-    bootstrap: str
-    home: Path
-    inspection_topic: str
-    quality_topic: str
-    group: str
-    extra: dict[str, str] = field(default_factory=dict)
-    config: KafkaConfig | None = None
-
-    @property
-    def kafka_config(self) -> KafkaConfig:
-        return self.config or KafkaConfig(bootstrap_servers=self.bootstrap)
-
-    @property
-    def warehouse(self) -> Path:
-        return self.home / "warehouse.duckdb"
-
-    @property
-    def snapshot(self) -> Path:
-        return self.home / "analytics.duckdb"
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The environment variables that point chipq at this pipeline."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "CHIPQ_HOME": str(self.home),
-            "DAGSTER_HOME": str(self.home / "dagster"),
-            "CHIPQ_INSPECTION_TOPIC": self.inspection_topic,
-            "CHIPQ_QUALITY_TOPIC": self.quality_topic,
-            "CHIPQ_PIPELINE_GROUP": self.group,
-            **self.extra,
-        }
+def new_pipeline_env(bootstrap: str, home: Path, config: KafkaConfig | None = None, **extra: str) -> PipelineEnv:
+    """An isolated pipeline on ``bootstrap`` under ``home``, its topics (3 partitions) created."""
+    return PipelineEnv.create(bootstrap, home, config=config, **extra)
 
 
 @pytest.fixture
-def make_pipeline_env(
-    tmp_path: Path, unique_name: Callable[[str], str], monkeypatch: pytest.MonkeyPatch
-) -> Callable[..., PipelineEnv]:
-    """Factory: an isolated pipeline on ``bootstrap`` (topics of 3 partitions created, env vars set for this test).
-
-    ``config`` is the KafkaConfig of the test's own clients (e.g. SASL); ``extra`` env vars go to the pipeline.
-    """
+def make_pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., PipelineEnv]:
+    """Factory: ``new_pipeline_env`` under this test's tmp_path, its env vars set for this test."""
     count = 0
 
     def make(bootstrap: str, config: KafkaConfig | None = None, **extra: str) -> PipelineEnv:
         nonlocal count
         count += 1
-        env = PipelineEnv(
-            bootstrap=bootstrap,
-            home=tmp_path / f"chipq-{count}",
-            inspection_topic=unique_name("inspection"),
-            quality_topic=unique_name("quality"),
-            group=unique_name("chipq-dagster"),
-            extra=dict(extra),
-            config=config,
-        )
-        env.home.mkdir()
-        ensure_topics(env.kafka_config, partitions=3, topics=[env.inspection_topic, env.quality_topic])
+        env = new_pipeline_env(bootstrap, tmp_path / f"chipq-{count}", config, **extra)
+        for name in PIPELINE_ENV_VARS:
+            monkeypatch.delenv(name, raising=False)
         for name, value in env.env.items():
             monkeypatch.setenv(name, value)
         return env
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pipeline_env_factory() -> Callable[..., PipelineEnv]:
+    """``new_pipeline_env`` for session-scoped fixtures (no env vars set: pass ``env.env`` to subprocesses)."""
+    return new_pipeline_env
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import pytest
 
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.paths import REPO_ROOT
+from chipq_pipelines.warehouse.samples import inspection_event
 from chipq_pipelines.warehouse.snapshot import query_snapshot
 
 pytestmark = pytest.mark.e2e
@@ -27,21 +28,7 @@ DEADLINE_S = 120
 
 def _publish(env, lot: str, count: int) -> None:
     when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30)
-    events = [
-        {
-            "event_type": "INSPECTION_COMPLETED",
-            "inspection_id": f"{lot}-INS-{i}",
-            "batch_id": lot,
-            "chip_id": f"{lot}-C{i}",
-            "inspection_type": "optical",
-            "status": "completed",
-            "quality_score": 0.95,
-            "defects": [],
-            "metadata": {},
-            "event_time": when,
-        }
-        for i in range(count)
-    ]
+    events = [inspection_event(batch_id=lot, event_time=when) for _ in range(count)]
     with SyncInspectionEventProducer(env.kafka_config, topic=env.inspection_topic) as producer:
         producer.publish_batch(events, key_fn=lambda e: e["inspection_id"])
 
@@ -84,6 +71,9 @@ def test_follow_keeps_up_with_new_events_and_stops_cleanly_on_sigterm(pipeline_e
     assert follower.returncode == 0, output
     assert "SIGTERM: finishing the current run" in output, output
     summary = [line for line in output.splitlines() if line.startswith("stopped after")]
-    assert summary and "500 events landed" in summary[0] and "(0 failed)" in summary[0], output
+    # 500 inspection events, plus the threshold-violation events the pipeline published and landed itself
+    assert summary and "(0 failed)" in summary[0], output
+    assert int(summary[0].split(": ")[1].split(" events landed")[0]) >= 500, output
+    assert (_landed(pipeline_env.snapshot, "FOLLOW-A"), _landed(pipeline_env.snapshot, "FOLLOW-B")) == (300, 200)
     # Each pass that landed events says so, with a time stamp.
     assert any(" events landed, " in line and line[:2].isdigit() for line in output.splitlines()), output

@@ -22,7 +22,7 @@ from chipq_pipelines.events.schemas import INSPECTION, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
 from chipq_pipelines.simulate.stream import POISON_KINDS, poison_record
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.short]
 
 VALID_V2 = 2000
 VALID_V1 = 400

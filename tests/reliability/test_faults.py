@@ -66,6 +66,7 @@ def _landed_next_offsets(env) -> dict[int, int]:
 
 
 @pytest.mark.case("fault", "ingest run killed (os._exit 137) between landing and committing, during a stream")
+@pytest.mark.short
 def test_ingest_killed_between_landing_and_committing(kafka_bootstrap, make_env, rel, row) -> None:
     env = make_env(kafka_bootstrap)
     publisher = Publisher(rel, env, batch=100, pause_s=0.5, lot_prefix="CRASH")
@@ -166,6 +167,7 @@ def test_broker_sigkilled_and_restarted_during_ingestion(own_broker, make_env, r
 
 
 @pytest.mark.case("fault", "producer whose broker disappears (SIGKILL) mid-stream")
+@pytest.mark.short
 def test_producer_whose_broker_disappears(own_broker, make_env, rel, row) -> None:
     env = make_env(own_broker.bootstrap)
     before = rel.make_events(300, "GONE-A")

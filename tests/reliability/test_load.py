@@ -7,13 +7,11 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import duckdb
 import pytest
 
-from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.paths import REPO_ROOT
 from chipq_pipelines.warehouse.snapshot import query_snapshot
 
@@ -21,7 +19,6 @@ pytestmark = pytest.mark.reliability
 
 ANALYSTS = 8
 EVENTS_PER_PHASE = 10_000
-SOAK_RATE = 200  # events per second
 
 ANALYST_SCRIPT = """
 import json, sys, time
@@ -131,66 +128,35 @@ def test_eight_analysts_query_the_snapshot_during_ingest(kafka_bootstrap, make_e
     assert security.result == "pass", refused
 
 
-@pytest.mark.timeout(int(float(os.environ.get("CHIPQ_SOAK_SECONDS", "20"))) + 300)
-@pytest.mark.case("load", "soak: steady stream, pipeline catching up in a loop, RSS sampled")
-def test_soak_with_rss_sampled(kafka_bootstrap, make_env, rel, row) -> None:
-    env = make_env(kafka_bootstrap)
-    duration = rel.soak_seconds
-    stop = threading.Event()
-    acked: set[str] = set()
-    publish_errors: list[str] = []
-    samples: list[tuple[float, float]] = []
-    started = time.monotonic()
-
-    def publisher() -> None:
-        batch = max(1, SOAK_RATE // 4)
-        sent = 0
-        with SyncInspectionEventProducer(env.kafka_config, topic=env.inspection_topic) as producer:
-            while not stop.is_set():
-                events = rel.make_events(batch, f"SOAK{sent // batch}")
-                ok, failed = rel.publish_acked(producer, events)
-                acked.update(ok)
-                if failed:
-                    publish_errors.append(f"{len(failed)} not acknowledged")
-                sent += batch
-                time.sleep(max(0.0, started + sent / SOAK_RATE - time.monotonic()))
-
-    def sampler() -> None:
-        while not stop.is_set():
-            samples.append((time.monotonic() - started, rel.rss_mb()))
-            stop.wait(2.0)
-
-    threads = [threading.Thread(target=publisher, daemon=True), threading.Thread(target=sampler, daemon=True)]
-    for thread in threads:
-        thread.start()
-    rounds = 0
-    try:
-        while time.monotonic() - started < duration:
-            rel.catch_up(max_rounds=3)  # bounded: with a steady stream there is always new work
-            rounds += 1
-            time.sleep(1.0)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    rel.catch_up()
-    counts = rel.tally(env, acked)
-    rss = [mb for _, mb in samples]
-    quarter = max(1, len(rss) // 4)
-    early = statistics.mean(rss[quarter : 2 * quarter]) if len(rss) >= 4 else rss[0]
+@pytest.mark.timeout(int(float(os.environ.get("CHIPQ_SOAK_SECONDS", "20"))) + 600)
+@pytest.mark.case("load", "soak: steady stream kept up by `chipq catch-up --follow`, its RSS sampled")
+def test_soak_with_rss_sampled(soak, rel, row) -> None:
+    """The soak itself runs in the background during the whole suite (``soak`` in conftest); here it ends."""
+    assert soak is not None
+    result = soak.finish()
+    assert result.final_catch_up.returncode == 0, result.final_catch_up.stdout + result.final_catch_up.stderr
+    counts = rel.tally(soak.env, result.acked)
+    rss = [mb for _, mb in result.samples]
+    assert len(rss) >= 4, f"only {len(rss)} RSS samples: the follower died? see {soak.log}"
+    quarter = len(rss) // 4
+    early = statistics.mean(rss[quarter : 2 * quarter])
     late = statistics.mean(rss[-quarter:])
     growth = late - early
-    row.repetitions = rounds
-    row.sent = len(acked)
+    deciles = ", ".join(f"{mb:.0f}" for mb in rss[:: max(1, len(rss) // 10)])
+    row.repetitions = 1
+    row.seconds = result.seconds
+    row.sent = len(result.acked)
     row.landed = counts.landed_ids
     row.rejected = counts.rejected
     row.lost = counts.lost
     row.duplicated = counts.duplicated
     row.note(
-        f"{duration:g} s at {SOAK_RATE} events/s, {rounds} catch-up rounds; test-process RSS start "
+        f"{result.seconds:.0f} s at {soak.rate} events/s alongside the other cases; follower: "
+        f"{result.follower_summary or 'no summary line'} (exit {result.follower_rc}); follower RSS 15 s after start "
         f"{rss[0]:.0f} MB, 2nd-quarter mean {early:.0f} MB, last-quarter mean {late:.0f} MB, peak {max(rss):.0f} MB "
-        f"({len(rss)} samples; by decile: {', '.join(f'{mb:.0f}' for mb in rss[:: max(1, len(rss) // 10)])} MB)"
+        f"({len(rss)} samples; by decile: {deciles} MB); the final catch-up landed the tail"
     )
-    assert not publish_errors, publish_errors[:3]
+    assert not result.publish_errors, result.publish_errors[:3]
+    assert result.follower_rc == 0, f"the follower exited with {result.follower_rc}; see {soak.log}"
     assert counts.lost == 0 and counts.duplicated == 0
-    assert growth < 64 + 0.25 * early, f"RSS grew {growth:.0f} MB between the 2nd and the last quarter"
+    assert growth < 64 + 0.25 * early, f"follower RSS grew {growth:.0f} MB between the 2nd and the last quarter"

@@ -19,7 +19,7 @@ from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.local_kafka import LocalKafka, LocalKafkaError, free_port
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.short]
 
 USER = "chipq"
 PASSWORD = "Rel-" + secrets.token_hex(12)  # unique: any occurrence in output is a leak
@@ -224,8 +224,23 @@ def test_scram_wrong_password_fails_fast_saying_authentication_failed(
 
         plan_ranges(wrong, right.inspection_topic, 1000, right.group)
 
+    def pipeline_ingest() -> None:
+        from chipq_pipelines.defs.ingest.reader import ingest_ranges
+        from chipq_pipelines.warehouse.schema import connect, ensure_schema
+
+        conn = connect(right.warehouse)
+        ensure_schema(conn)
+        try:  # a planned range, as an ingest run gets it from its sensor
+            ingest_ranges(wrong, conn, right.inspection_topic, {0: (0, 10)}, group_id=right.group)
+        finally:
+            conn.close()
+
     results = {}
-    for name, fn in (("events library producer", producer_publish), ("offset planner (sensor)", pipeline_plan)):
+    for name, fn in (
+        ("events library producer", producer_publish),
+        ("offset planner (sensor)", pipeline_plan),
+        ("ingest reader (run)", pipeline_ingest),
+    ):
         seconds, exc, finished = _run_with_deadline(fn, 60)
         timings[name] = seconds
         errors[name] = f"{type(exc).__name__}: {exc}" if exc else ("no error" if finished else "still waiting at 60 s")

@@ -6,6 +6,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from chipq_pipelines.defs.ingest.client_errors import ClientErrors, KafkaAuthenticationError
 from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.events.config import KafkaConfig
 
@@ -21,8 +22,7 @@ _COORDINATOR_MOVING = {
 }
 
 
-class KafkaAuthenticationError(RuntimeError):
-    """The cluster refused the credentials (SASL): nothing can be planned until they are fixed."""
+__all__ = ["KafkaAuthenticationError", "TopicNotReady", "cap_ranges", "plan_ranges"]
 
 
 class TopicNotReady(RuntimeError):
@@ -38,10 +38,10 @@ def plan_ranges(
     group (a lower bound of what DuckDB holds: runs commit after landing), or
     at the low watermark for a partition never committed.
     """
-    client_errors: list[KafkaError] = []
+    client_errors = ClientErrors()
     consumer = Consumer(
         kafka.librdkafka_config(
-            **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors.append}
+            **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors}
         )
     )
     try:
@@ -62,11 +62,7 @@ def plan_ranges(
                 backlog[tp.partition] = (start, high)
     except KafkaException as exc:
         consumer.poll(0.5)  # serves the client-level error callbacks (authentication failures come there)
-        auth = [e for e in client_errors if e.code() == KafkaError._AUTHENTICATION]
-        if auth:
-            raise KafkaAuthenticationError(
-                f"Kafka authentication failed: {auth[0].str()} (check KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
-            ) from exc
+        client_errors.raise_if_authentication_failed(exc)
         raise
     finally:
         consumer.close()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import duckdb
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from chipq_pipelines.defs.ingest.client_errors import ClientErrors
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import DeserializationError
 from chipq_pipelines.events.serialization import AvroSerializer, latest_reader_decoder
@@ -91,9 +92,11 @@ def ingest_ranges(
     """
     summary = IngestSummary(topic=topic, planned=dict(planned))
     landed = landed_offsets(conn, topic)
+    client_errors = ClientErrors()
     consumer = Consumer(
         kafka.librdkafka_config(
             **{
+                "error_cb": client_errors,
                 "group.id": group_id,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
@@ -108,7 +111,7 @@ def ingest_ranges(
         for partition, (start, end) in planned.items():
             anchored = landed.get(partition)
             if anchored is None:
-                low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                low = _low_watermark(consumer, topic, partition, client_errors)
                 anchored = max(low, 0) if start > low else start
             if anchored >= end:
                 summary.offsets[partition] = anchored
@@ -117,7 +120,19 @@ def ingest_ranges(
         summary.read = dict(todo)
         if todo:
             decoder = latest_reader_decoder(kafka)  # the resource's schema registry, if any
-            _read_and_land(consumer, decoder, conn, topic, todo, summary, chunk_size, bounds, stall_timeout_s, progress)
+            _read_and_land(
+                consumer,
+                decoder,
+                conn,
+                topic,
+                todo,
+                summary,
+                chunk_size,
+                bounds,
+                stall_timeout_s,
+                progress,
+                client_errors,
+            )
         _commit_to_group(consumer, topic, summary)
     finally:
         consumer.close()
@@ -126,6 +141,20 @@ def ingest_ranges(
     summary.touched_event_dates |= pending_days
     summary.touched_lot_ids |= pending_lots
     return summary
+
+
+def _low_watermark(consumer: Consumer, topic: str, partition: int, client_errors: ClientErrors) -> int:
+    """The partition's low watermark, asked in short tries so that a refused password shows within seconds."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=1.0)
+            return int(low)
+        except KafkaException as exc:
+            consumer.poll(0.2)  # serves error_cb
+            client_errors.raise_if_authentication_failed(exc)
+            if time.monotonic() > deadline:
+                raise
 
 
 def _read_and_land(
@@ -139,6 +168,7 @@ def _read_and_land(
     bounds: ValidationBounds | None,
     stall_timeout_s: float,
     progress: Callable[[IngestSummary], None] | None,
+    client_errors: ClientErrors,
 ) -> None:
     consumer.assign(
         [TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING) for p, (start, _) in todo.items()]
@@ -204,6 +234,7 @@ def _read_and_land(
         if messages:
             last_progress = time.monotonic()
         elif remaining:
+            client_errors.raise_if_authentication_failed()
             # Offsets with no record (transaction markers) end a range without a message.
             for partition in list(remaining):
                 position = consumer.position([TopicPartition(topic, partition)])[0].offset
