@@ -83,13 +83,13 @@ def kafka_status(port: int) -> None:
 
 @main.command("catch-up")
 @click.option("--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds.")
-@click.option("--follow", is_flag=True, help="Keep going: catch up again every --interval seconds until stopped.")
+@click.option("--follow", is_flag=True, help="Keep going until stopped: the pipeline without the Dagster daemon.")
 @click.option(
     "--interval",
     type=click.FloatRange(min=0.1),
     default=5.0,
     show_default=True,
-    help="With --follow: seconds between passes.",
+    help="With --follow: seconds to wait after a pass that found nothing new.",
 )
 def catch_up_command(max_rounds: int, follow: bool, interval: float) -> None:
     """Ingest and materialize everything new, in this process, until done.
@@ -99,9 +99,10 @@ def catch_up_command(max_rounds: int, follow: bool, interval: float) -> None:
     what they request. The runs show in the Dagster UI afterwards.
 
     With --follow it keeps the pipeline running without the Dagster daemon:
-    a pass every --interval seconds, one line per pass that did work, failed
-    passes retried with backoff. Ctrl-C or SIGTERM finishes the current run
-    and exits cleanly.
+    pass after pass (one sensor round each) while there is work, a look every
+    --interval seconds when there is none, one line per pass that did work,
+    failed passes retried with backoff. Ctrl-C or SIGTERM finishes the current
+    run and exits cleanly.
 
     \b
     Examples:
@@ -141,7 +142,7 @@ def _follow(interval: float) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    click.echo(f"following: a pass every {interval:g} s (Ctrl-C to stop)")
+    click.echo(f"following: a pass while there is work, a look every {interval:g} s when idle (Ctrl-C to stop)")
     # The passes run in a worker thread: Dagster turns a signal that reaches the
     # main thread during a step into an interrupted run, while a stop request
     # should let the current run finish. Signals always go to the main thread.

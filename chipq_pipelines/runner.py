@@ -58,6 +58,17 @@ class CatchUpReport:
     def count(self, job_name: str) -> None:
         self.runs[job_name] = self.runs.get(job_name, 0) + 1
 
+    def add(self, other: CatchUpReport) -> None:
+        """Add ``other``'s rounds, runs and counts to this report."""
+        self.rounds += other.rounds
+        for job, n in other.runs.items():
+            self.runs[job] = self.runs.get(job, 0) + n
+        self.records_read += other.records_read
+        self.events_inserted += other.events_inserted
+        self.duplicates_skipped += other.duplicates_skipped
+        self.rejected += other.rejected
+        self.seconds += other.seconds
+
 
 def recover_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     """Fail catch-up runs whose process died (killed mid-run) and free their pool slots."""
@@ -150,14 +161,14 @@ def _catch_up(
         records_before = report.records_read
         for name in sensor_names:
             sensor = defs.resolve_sensor_def(name)
-            context = dg.build_sensor_context(
+            with dg.build_sensor_context(
                 instance_ref=instance.get_ref(),
                 cursor=cursors.get(name),
                 definitions=defs,
                 sensor_name=name,
                 resources=defs.resources,
-            )
-            data = sensor.evaluate_tick(context)
+            ) as context:  # opens (and closes) the resources the sensor uses
+                data = sensor.evaluate_tick(context)
             for request in data.dynamic_partitions_requests or []:
                 if isinstance(request, dg.AddDynamicPartitionsRequest):
                     instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -263,7 +274,7 @@ def follow(
             continue
         summary.passes += 1
         backoff = interval
-        _accumulate(summary.total, report)
+        summary.total.add(report)
         jobs = [job for job, n in report.runs.items() for _ in range(n)]
         if not jobs or _only_empty_ingests(jobs, report.records_read):
             stop.wait(interval)
@@ -274,17 +285,6 @@ def follow(
             f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
         )
     return summary
-
-
-def _accumulate(total: CatchUpReport, report: CatchUpReport) -> None:
-    total.rounds += report.rounds
-    for job, n in report.runs.items():
-        total.runs[job] = total.runs.get(job, 0) + n
-    total.records_read += report.records_read
-    total.events_inserted += report.events_inserted
-    total.duplicates_skipped += report.duplicates_skipped
-    total.rejected += report.rejected
-    total.seconds += report.seconds
 
 
 def _now() -> str:

@@ -54,6 +54,8 @@ class KafkaResource(dg.ConfigurableResource):
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file (one writer process at a time) and its analyst snapshot."""
 
+    #: The pipeline's Kafka side: a new warehouse rewinds the group that mirrors what it landed.
+    kafka: KafkaResource
     path: str = ""
     snapshot_path: str = ""
     pass_threshold: float = 0.85
@@ -72,6 +74,8 @@ class WarehouseResource(dg.ConfigurableResource):
         writing process per file.
         """
         path = self.warehouse_path()
+        if not path.exists():
+            self._rewind_group()
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = warehouse_schema.connect(path)
         try:
@@ -79,6 +83,21 @@ class WarehouseResource(dg.ConfigurableResource):
             yield conn
         finally:
             conn.close()
+
+    def _rewind_group(self) -> None:
+        """A new warehouse holds nothing: the group's offsets (which mirror a warehouse that is gone) go back.
+
+        Done before the file exists, so a failure (broker away) leaves no file and the next run retries.
+        """
+        from chipq_pipelines.defs.ingest.planner import rewind_group
+
+        kafka = self.kafka
+        rewound = rewind_group(kafka.config(), kafka.pipeline_group, [kafka.inspection_topic, kafka.quality_topic])
+        if rewound:
+            dg.get_dagster_logger().warning(
+                f"new warehouse at {self.warehouse_path()}: group {kafka.pipeline_group} rewound to the start "
+                f"of {', '.join(sorted(rewound))} so that everything is landed again"
+            )
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -89,7 +108,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
     Unset ones keep the field's default: Dagster fails a run on an unset EnvVar.
     """
     kafka = KafkaResource(**_env_vars(KAFKA_ENV), **_env_vars(KAFKA_INT_ENV, dg.EnvVar.int))
-    warehouse = WarehouseResource(**_env_vars(WAREHOUSE_ENV))
+    warehouse = WarehouseResource(kafka=kafka, **_env_vars(WAREHOUSE_ENV))
     return {"kafka": kafka, "warehouse": warehouse}
 
 

@@ -242,3 +242,25 @@ def test_ingest_killed_between_landing_and_committing_loses_and_duplicates_nothi
     _, expected_lots = _expected_marts([*events, *more])
     _, actual_lots = _marts(pipeline_env)
     _assert_equal(actual_lots, expected_lots, ["lot_id"])
+
+
+def test_a_deleted_warehouse_is_rebuilt_from_kafka(pipeline_env) -> None:
+    """The group's committed offsets only mirror the warehouse: without the file, everything is re-read."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    events, _ = _messy_stream(21, ["LOT-R1", "LOT-R2"], now)
+    _publish(pipeline_env, events)
+    catch_up(defs=build_defs(), echo=print)
+    before = _marts(pipeline_env)
+
+    pipeline_env.warehouse.unlink()  # an operator starts the warehouse over; broker and group stay
+    pipeline_env.snapshot.unlink()
+    rebuilt = catch_up(defs=build_defs(), echo=print)
+
+    assert rebuilt.runs.get("ingest_inspection_events", 0) >= 1, rebuilt
+    counts = query_snapshot(
+        pipeline_env.snapshot, "SELECT count(*) AS n, count(DISTINCT event_id) AS ids FROM raw.inspection_events"
+    )
+    assert int(counts["n"][0]) == int(counts["ids"][0]) == len(events)
+    after = _marts(pipeline_env)
+    pd.testing.assert_frame_equal(after[0], before[0])
+    pd.testing.assert_frame_equal(after[1], before[1])

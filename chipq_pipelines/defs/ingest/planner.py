@@ -22,7 +22,7 @@ _COORDINATOR_MOVING = {
 }
 
 
-__all__ = ["KafkaAuthenticationError", "TopicNotReady", "cap_ranges", "plan_ranges"]
+__all__ = ["KafkaAuthenticationError", "TopicNotReady", "cap_ranges", "plan_ranges", "rewind_group"]
 
 
 class TopicNotReady(RuntimeError):
@@ -30,13 +30,21 @@ class TopicNotReady(RuntimeError):
 
 
 def plan_ranges(
-    kafka: KafkaConfig, topic: str, max_records: int, group_id: str = PIPELINE_GROUP
+    kafka: KafkaConfig,
+    topic: str,
+    max_records: int,
+    group_id: str = PIPELINE_GROUP,
+    *,
+    use_committed: bool = True,
 ) -> dict[int, tuple[int, int]]:
     """partition → [start, end) of records not yet landed, at most ``max_records`` in all.
 
     Starts at the offsets the ingest runs committed to the ``chipq-dagster``
     group (a lower bound of what DuckDB holds: runs commit after landing), or
-    at the low watermark for a partition never committed.
+    at the low watermark for a partition never committed. With
+    ``use_committed=False`` (no warehouse file: it was deleted or never
+    made) every partition starts at its low watermark, since the group's
+    offsets mirror a warehouse that is gone.
     """
     client_errors = ClientErrors()
     consumer = Consumer(
@@ -57,7 +65,7 @@ def plan_ranges(
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
             )
-            start = max(tp.offset if tp.offset >= 0 else low, low)
+            start = max(tp.offset if use_committed and tp.offset >= 0 else low, low)
             if high > start:
                 backlog[tp.partition] = (start, high)
     except KafkaException as exc:
@@ -67,6 +75,44 @@ def plan_ranges(
     finally:
         consumer.close()
     return cap_ranges(backlog, max_records)
+
+
+def rewind_group(kafka: KafkaConfig, group_id: str, topics: list[str]) -> dict[str, dict[int, int]]:
+    """Move the group's committed offsets of ``topics`` back to the low watermarks: topic → {partition: offset}.
+
+    For a new, empty warehouse: the group mirrors what the warehouse landed,
+    so offsets committed for a warehouse that is gone would make the planner
+    skip everything it holds. Partitions never committed are left alone.
+    """
+    client_errors = ClientErrors()
+    consumer = Consumer(
+        kafka.librdkafka_config(
+            **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors}
+        )
+    )
+    rewound: dict[str, dict[int, int]] = {}
+    try:
+        for topic in topics:
+            info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                continue
+            rewind = []
+            for tp in _committed(consumer, [TopicPartition(topic, p) for p in sorted(info.partitions)]):
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
+                )
+                if tp.offset > low:
+                    rewind.append(TopicPartition(topic, tp.partition, low))
+            if rewind:
+                consumer.commit(offsets=rewind, asynchronous=False)
+                rewound[topic] = {tp.partition: tp.offset for tp in rewind}
+    except KafkaException as exc:
+        consumer.poll(0.5)  # serves error_cb
+        client_errors.raise_if_authentication_failed(exc)
+        raise
+    finally:
+        consumer.close()
+    return rewound
 
 
 def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:

@@ -14,7 +14,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from chipq_pipelines.defs.ingest.assets import ingest_inspection_job, ingest_quality_job
 from chipq_pipelines.defs.ingest.planner import TopicNotReady, plan_ranges
-from chipq_pipelines.defs.resources import KafkaResource
+from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 
 #: A requested run that never appears for this long is considered lost and re-planned.
@@ -63,15 +63,22 @@ def build_offset_sensor(name: str, topic_field: str, job: "UnresolvedAssetJobDef
             "one run in flight. The topic and group can be overridden (CHIPQ_INSPECTION_TOPIC, ...)."
         ),
     )
-    def offset_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult:
+    def offset_sensor(
+        context: dg.SensorEvaluationContext, kafka: KafkaResource, warehouse: WarehouseResource
+    ) -> dg.SensorResult:
         topic = getattr(kafka, topic_field)
         cursor = json.loads(context.cursor) if context.cursor else {}
         blocked = _inflight_status(context, cursor)
         if blocked:
             return dg.SensorResult(skip_reason=blocked, cursor=context.cursor)
         seq = int(cursor.get("seq", 0))
+        # The group's offsets mirror the warehouse; a missing file (deleted to start over) is re-read
+        # from the start. Checking the file's existence is not opening it: sensors never open DuckDB.
+        rebuild = not warehouse.warehouse_path().exists()
         try:
-            ranges = plan_ranges(kafka.config(), topic, kafka.max_records_per_run, kafka.pipeline_group)
+            ranges = plan_ranges(
+                kafka.config(), topic, kafka.max_records_per_run, kafka.pipeline_group, use_committed=not rebuild
+            )
         except TopicNotReady as exc:
             return dg.SensorResult(skip_reason=str(exc), cursor=json.dumps({"seq": seq}))
         if not ranges:
