@@ -113,8 +113,14 @@ def catch_up(
     echo: Callable[[str], None] = print,
     defs: dg.Definitions | None = None,
     stop: threading.Event | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> CatchUpReport:
-    """Evaluate sensors and execute their runs until there is no new work (or ``stop`` is set between rounds)."""
+    """Evaluate sensors and execute their runs until there is no new work (or ``stop`` is set between rounds).
+
+    ``instance`` (default: one opened from DAGSTER_HOME for this call) lets a
+    long-running caller keep one open: each instance Dagster opens costs a few
+    objects that are only freed at exit (alembic's schema check).
+    """
     dagster_home = ensure_dagster_home()
     if defs is None:
         from chipq_pipelines.definitions import build_defs
@@ -124,12 +130,15 @@ def catch_up(
     started = time.monotonic()
 
     def run() -> None:
-        with dg.DagsterInstance.get() as instance:
+        if instance is not None:
             _catch_up(defs, instance, dagster_home, report, max_rounds, echo, stop)
+            return
+        with dg.DagsterInstance.get() as opened:
+            _catch_up(defs, opened, dagster_home, report, max_rounds, echo, stop)
 
-    # Dagster tracks a "current instance" in context variables, and the short-lived
-    # instances that sensor contexts create leave them pointing at collected objects.
-    # A context of its own keeps that from leaking into the caller.
+    # Dagster tracks a "current instance" in context variables, and short-lived
+    # instances can leave them pointing at collected objects. A context of its
+    # own keeps that from leaking into the caller.
     contextvars.Context().run(run)
     report.seconds = time.monotonic() - started
     return report
@@ -162,7 +171,8 @@ def _catch_up(
         for name in sensor_names:
             sensor = defs.resolve_sensor_def(name)
             with dg.build_sensor_context(
-                instance_ref=instance.get_ref(),
+                instance=instance,  # this one, not a new instance per evaluation (see catch_up)
+                instance_ref=instance.get_ref(),  # Dagster loads partitions only when a ref is set
                 cursor=cursors.get(name),
                 definitions=defs,
                 sensor_name=name,
@@ -263,27 +273,29 @@ def follow(
     defs = build_defs()
     summary = FollowReport()
     backoff = interval
-    while not stop.is_set():
-        try:
-            report = catch_up(defs=defs, echo=lambda _line: None, stop=stop, max_rounds=1)
-        except Exception as exc:  # the loop outlives broker restarts and failing runs
-            summary.failed_passes += 1
-            backoff = min(max_backoff, max(interval, backoff * 2))
-            echo(f"{_now()} pass failed ({type(exc).__name__}: {str(exc)[:300]}); retrying in {backoff:.0f} s")
-            stop.wait(backoff)
-            continue
-        summary.passes += 1
-        backoff = interval
-        summary.total.add(report)
-        jobs = [job for job, n in report.runs.items() for _ in range(n)]
-        if not jobs or _only_empty_ingests(jobs, report.records_read):
-            stop.wait(interval)
-            continue
-        runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items()))
-        echo(
-            f"{_now()} {report.events_inserted} events landed, {report.rejected} rejected, "
-            f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
-        )
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:  # one for all passes (see catch_up)
+        while not stop.is_set():
+            try:
+                report = catch_up(defs=defs, echo=lambda _line: None, stop=stop, max_rounds=1, instance=instance)
+            except Exception as exc:  # the loop outlives broker restarts and failing runs
+                summary.failed_passes += 1
+                backoff = min(max_backoff, max(interval, backoff * 2))
+                echo(f"{_now()} pass failed ({type(exc).__name__}: {str(exc)[:300]}); retrying in {backoff:.0f} s")
+                stop.wait(backoff)
+                continue
+            summary.passes += 1
+            backoff = interval
+            summary.total.add(report)
+            jobs = [job for job, n in report.runs.items() for _ in range(n)]
+            if not jobs or _only_empty_ingests(jobs, report.records_read):
+                stop.wait(interval)
+                continue
+            runs = ", ".join(f"{n} {job}" for job, n in sorted(report.runs.items()))
+            echo(
+                f"{_now()} {report.events_inserted} events landed, {report.rejected} rejected, "
+                f"{report.duplicates_skipped} duplicates skipped in {report.seconds:.1f} s ({runs})"
+            )
     return summary
 
 
