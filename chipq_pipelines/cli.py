@@ -82,7 +82,9 @@ def kafka_status(port: int) -> None:
 
 
 @main.command("catch-up")
-@click.option("--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds.")
+@click.option(
+    "--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds (not with --follow)."
+)
 @click.option("--follow", is_flag=True, help="Keep going until stopped: the pipeline without the Dagster daemon.")
 @click.option(
     "--interval",

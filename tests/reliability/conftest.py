@@ -225,9 +225,9 @@ def write_report(rows: list[Row], total_s: float) -> Path:
         "without and with eight analyst processes querying the snapshot in a loop (2 cores shared).",
         f"- Soak: {SOAK_RATE} events/s for `CHIPQ_SOAK_SECONDS` (this run: {SOAK_SECONDS:g} s) into a pipeline "
         f"kept up by `chipq catch-up --follow --interval {SOAK_INTERVAL_S}` (a subprocess), whose RSS is sampled "
-        "every 5 s. It runs in the background from the first test on, alongside the other cases (which is why "
-        "their seconds include its load); the follower is stopped with SIGTERM at the end and one `chipq "
-        "catch-up` lands the tail.",
+        "every 5 s after start-up. It runs in the background from the first test on, alongside the other "
+        "cases (which is why their seconds include its load); the follower is stopped with SIGTERM at the end "
+        "and one `chipq catch-up` lands the tail.",
         "- Re-run: `make reliability` (the suite with a 600 s soak; writes this file), or "
         "`CHIPQ_SOAK_SECONDS=600 CHIPQ_RELIABILITY_REPORT=docs/reliability.md .venv/bin/pytest -m reliability "
         "tests/reliability`. Without `CHIPQ_RELIABILITY_REPORT` the table goes to `test-output/reliability.md`.",
@@ -339,13 +339,16 @@ class Soak:
 
     def _sample(self) -> None:
         assert self.follower is not None
-        self.stop.wait(15.0)  # past the follower's start-up (imports, first Dagster instance)
+        # Past the follower's start-up (imports, first Dagster instance), then a sample every 5 s
+        # (more often in a soak shorter than 100 s, so that it still gets a dozen or more).
+        self.stop.wait(min(15.0, self.duration / 4))
+        every = min(5.0, self.duration / 20)
         while not self.stop.is_set() and self.follower.poll() is None:
             try:
                 self.samples.append((time.monotonic() - self.started, rss_mb(self.follower.pid)))
             except (FileNotFoundError, ProcessLookupError):
                 return
-            self.stop.wait(5.0)
+            self.stop.wait(every)
 
     def finish(self) -> SoakResult:
         assert self.follower is not None

@@ -142,7 +142,7 @@ def test_soak_with_rss_sampled(soak, rel, row) -> None:
     early = statistics.mean(rss[quarter : 2 * quarter])
     late = statistics.mean(rss[-quarter:])
     growth = late - early
-    deciles = ", ".join(f"{mb:.0f}" for mb in rss[:: max(1, len(rss) // 10)])
+    deciles = ", ".join(f"{rss[round(i * (len(rss) - 1) / 10)]:.0f}" for i in range(11))
     row.repetitions = 1
     row.seconds = result.seconds
     row.sent = len(result.acked)
@@ -152,7 +152,7 @@ def test_soak_with_rss_sampled(soak, rel, row) -> None:
     row.duplicated = counts.duplicated
     row.note(
         f"{result.seconds:.0f} s at {soak.rate} events/s alongside the other cases; follower: "
-        f"{result.follower_summary or 'no summary line'} (exit {result.follower_rc}); follower RSS 15 s after start "
+        f"{result.follower_summary or 'no summary line'} (exit {result.follower_rc}); follower RSS after start-up "
         f"{rss[0]:.0f} MB, 2nd-quarter mean {early:.0f} MB, last-quarter mean {late:.0f} MB, peak {max(rss):.0f} MB "
         f"({len(rss)} samples; by decile: {deciles} MB); the final catch-up landed the tail"
     )
