@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -46,34 +48,12 @@ def plan_ranges(
     made) every partition starts at its low watermark, since the group's
     offsets mirror a warehouse that is gone.
     """
-    client_errors = ClientErrors()
-    consumer = Consumer(
-        kafka.librdkafka_config(
-            **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors}
-        )
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S)
-        info = metadata.topics.get(topic)
-        if info is None or info.error is not None or not info.partitions:
-            reason = info.error if info is not None and info.error is not None else "no partitions"
-            raise TopicNotReady(f"topic {topic} is not available: {reason}")
-        partitions = sorted(info.partitions)
-        committed = _committed(consumer, [TopicPartition(topic, p) for p in partitions])
-        backlog: dict[int, tuple[int, int]] = {}
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
-            )
-            start = max(tp.offset if use_committed and tp.offset >= 0 else low, low)
+    backlog: dict[int, tuple[int, int]] = {}
+    with _group_client(kafka, group_id) as consumer:
+        for partition, committed, low, high in _offsets(consumer, topic):
+            start = max(committed if use_committed and committed >= 0 else low, low)
             if high > start:
-                backlog[tp.partition] = (start, high)
-    except KafkaException as exc:
-        consumer.poll(0.5)  # serves the client-level error callbacks (authentication failures come there)
-        client_errors.raise_if_authentication_failed(exc)
-        raise
-    finally:
-        consumer.close()
+                backlog[partition] = (start, high)
     return cap_ranges(backlog, max_records)
 
 
@@ -84,35 +64,52 @@ def rewind_group(kafka: KafkaConfig, group_id: str, topics: list[str]) -> dict[s
     so offsets committed for a warehouse that is gone would make the planner
     skip everything it holds. Partitions never committed are left alone.
     """
+    rewound: dict[str, dict[int, int]] = {}
+    with _group_client(kafka, group_id) as consumer:
+        for topic in topics:
+            try:
+                offsets = _offsets(consumer, topic)
+            except TopicNotReady:
+                continue
+            rewind = [TopicPartition(topic, p, low) for p, committed, low, _ in offsets if committed > low]
+            if rewind:
+                consumer.commit(offsets=rewind, asynchronous=False)
+                rewound[topic] = {tp.partition: tp.offset for tp in rewind}
+    return rewound
+
+
+@contextmanager
+def _group_client(kafka: KafkaConfig, group_id: str) -> Iterator[Consumer]:
+    """A client of the pipeline group that never joins it; a refused password raises KafkaAuthenticationError."""
     client_errors = ClientErrors()
     consumer = Consumer(
         kafka.librdkafka_config(
             **{"group.id": group_id, "enable.auto.commit": False, "log_level": 3, "error_cb": client_errors}
         )
     )
-    rewound: dict[str, dict[int, int]] = {}
     try:
-        for topic in topics:
-            info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
-            if info is None or info.error is not None or not info.partitions:
-                continue
-            rewind = []
-            for tp in _committed(consumer, [TopicPartition(topic, p) for p in sorted(info.partitions)]):
-                low, _ = consumer.get_watermark_offsets(
-                    TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
-                )
-                if tp.offset > low:
-                    rewind.append(TopicPartition(topic, tp.partition, low))
-            if rewind:
-                consumer.commit(offsets=rewind, asynchronous=False)
-                rewound[topic] = {tp.partition: tp.offset for tp in rewind}
+        yield consumer
     except KafkaException as exc:
-        consumer.poll(0.5)  # serves error_cb
+        consumer.poll(0.5)  # serves the client-level error callbacks (authentication failures come there)
         client_errors.raise_if_authentication_failed(exc)
         raise
     finally:
         consumer.close()
-    return rewound
+
+
+def _offsets(consumer: Consumer, topic: str) -> list[tuple[int, int, int, int]]:
+    """(partition, committed offset or -1, low watermark, high watermark) of every partition of ``topic``."""
+    info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        reason = info.error if info is not None and info.error is not None else "no partitions"
+        raise TopicNotReady(f"topic {topic} is not available: {reason}")
+    offsets = []
+    for tp in _committed(consumer, [TopicPartition(topic, p) for p in sorted(info.partitions)]):
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
+        )
+        offsets.append((tp.partition, tp.offset, low, high))
+    return offsets
 
 
 def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
