@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import contextvars
 import datetime as dt
 import gc
 import io
@@ -60,6 +59,8 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from chipq_pipelines.environment import PIPELINE_ENV_VARS, PipelineEnv
 from chipq_pipelines.paths import REPO_ROOT
+from chipq_pipelines.runner import catch_up
+from chipq_pipelines.warehouse.columns import DEFECT_SCHEMA, INSPECTION_SCHEMA, LANDING_COLUMNS
 
 SCHEMAS_DIR = REPO_ROOT / "schemas"
 PARTITIONS = 3
@@ -111,20 +112,6 @@ def make_env(bootstrap: str, root: Path) -> PipelineEnv:
 # ------------------------------------------------------------------ 1. pipeline
 
 
-def run_catch_up(defs: Any, echo: Callable[[str], None]) -> Any:
-    """``catch_up`` in a fresh, empty ``contextvars.Context``.
-
-    A ``catch_up`` leaves Dagster's defs-state storage context variable pointing
-    at an instance it has disposed (the sensor contexts enter instances that are
-    never exited), so a second ``catch_up`` in the same process fails with
-    "Attempted to resolve undefined DagsterInstance weakref". An empty context
-    gives every such variable its default, exactly as in a new process.
-    """
-    from chipq_pipelines.runner import catch_up
-
-    return contextvars.Context().run(catch_up, defs=defs, echo=echo)
-
-
 @dataclass
 class PipelineResult:
     records: int  # records on the inspection topic (events, duplicates, poison)
@@ -171,7 +158,7 @@ def pipeline_throughput(env: PipelineEnv, events: int, seed: int, quiet: Callabl
     defs = build_defs()
     log("pipeline: catch_up (sensors + ingest + marts + snapshot + alerts) ...")
     started = time.perf_counter()
-    report = run_catch_up(defs, quiet)
+    report = catch_up(defs=defs, echo=quiet)
     elapsed = time.perf_counter() - started
     with dg.DagsterInstance.get() as instance:
         runs = run_durations(instance)
@@ -193,37 +180,10 @@ def pipeline_throughput(env: PipelineEnv, events: int, seed: int, quiet: Callabl
 
 # ------------------------------------------------------------------ 2. bare baseline
 
-_UTC = pa.timestamp("us", tz="UTC")
-BARE_EVENTS = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("event_type", pa.string()),
-        ("event_time", _UTC),
-        ("correlation_id", pa.string()),
-        ("inspection_id", pa.string()),
-        ("batch_id", pa.string()),
-        ("chip_id", pa.string()),
-        ("wafer_id", pa.string()),
-        ("station_id", pa.string()),
-        ("inspection_type", pa.string()),
-        ("status", pa.string()),
-        ("quality_score", pa.float64()),
-        ("defect_count", pa.int32()),
-        ("metadata", pa.map_(pa.string(), pa.string())),
-        ("recipe_id", pa.string()),
-    ]
-)
-BARE_DEFECTS = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("defect_index", pa.int32()),
-        ("defect_type", pa.string()),
-        ("severity", pa.string()),
-        ("confidence", pa.float64()),
-        ("x", pa.float64()),
-        ("y", pa.float64()),
-    ]
-)
+# The warehouse's own column types, without what only the pipeline adds (event_date, where and when landed).
+_PIPELINE_ONLY = {"event_date", *(name for name, _ in LANDING_COLUMNS)}
+BARE_EVENTS = pa.schema([f for f in INSPECTION_SCHEMA if f.name not in _PIPELINE_ONLY])
+BARE_DEFECTS = DEFECT_SCHEMA
 _COPIED = [n for n in BARE_EVENTS.names if n not in ("defect_count", "metadata")]
 
 
@@ -437,7 +397,7 @@ def latency_samples(env: PipelineEnv, samples: int, seed: int, quiet: Callable[[
             runs = catch_ups = 0
             try:
                 while True:
-                    report = run_catch_up(defs, quiet)
+                    report = catch_up(defs=defs, echo=quiet)
                     returned = time.perf_counter()
                     catch_ups += 1
                     runs += sum(report.runs.values())

@@ -19,7 +19,7 @@ _UTC = pa.timestamp("us", tz="UTC")
 _STRING_MAP = pa.map_(pa.string(), pa.string())
 
 #: Columns every raw event table ends with: canary flag, where the record was read, when it landed.
-_LANDING_COLUMNS = [
+LANDING_COLUMNS = [
     ("is_canary", pa.bool_()),
     ("kafka_topic", pa.string()),
     ("kafka_partition", pa.int32()),
@@ -46,7 +46,7 @@ INSPECTION_SCHEMA = pa.schema(
         ("defect_count", pa.int32()),
         ("metadata", _STRING_MAP),
         ("recipe_id", pa.string()),
-        *_LANDING_COLUMNS,
+        *LANDING_COLUMNS,
     ]
 )
 
@@ -82,7 +82,7 @@ QUALITY_SCHEMA = pa.schema(
         ("alert_level", pa.string()),
         ("metadata", _STRING_MAP),
         ("model_version", pa.string()),
-        *_LANDING_COLUMNS,
+        *LANDING_COLUMNS,
     ]
 )
 
