@@ -69,20 +69,15 @@ def unique_name() -> Callable[[str], str]:
     return make
 
 
-def new_pipeline_env(bootstrap: str, home: Path, config: KafkaConfig | None = None, **extra: str) -> PipelineEnv:
-    """An isolated pipeline on ``bootstrap`` under ``home``, its topics (3 partitions) created."""
-    return PipelineEnv.create(bootstrap, home, config=config, **extra)
-
-
 @pytest.fixture
 def make_pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., PipelineEnv]:
-    """Factory: ``new_pipeline_env`` under this test's tmp_path, its env vars set for this test."""
+    """Factory: an isolated pipeline (``PipelineEnv.create``) under this test's tmp_path, its env vars set."""
     count = 0
 
     def make(bootstrap: str, config: KafkaConfig | None = None, **extra: str) -> PipelineEnv:
         nonlocal count
         count += 1
-        env = new_pipeline_env(bootstrap, tmp_path / f"chipq-{count}", config, **extra)
+        env = PipelineEnv.create(bootstrap, tmp_path / f"chipq-{count}", config=config, **extra)
         for name in PIPELINE_ENV_VARS:
             monkeypatch.delenv(name, raising=False)
         for name, value in env.env.items():
@@ -90,12 +85,6 @@ def make_pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callab
         return env
 
     return make
-
-
-@pytest.fixture(scope="session")
-def pipeline_env_factory() -> Callable[..., PipelineEnv]:
-    """``new_pipeline_env`` for session-scoped fixtures (no env vars set: pass ``env.env`` to subprocesses)."""
-    return new_pipeline_env
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from chipq_pipelines.environment import PipelineEnv
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import PublishError
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
@@ -242,7 +243,7 @@ def write_report(rows: list[Row], total_s: float) -> Path:
 
 
 @pytest.fixture
-def make_env(make_pipeline_env: Callable[..., Any]) -> Callable[..., Any]:
+def make_env(make_pipeline_env: Callable[..., PipelineEnv]) -> Callable[..., PipelineEnv]:
     """Factory of isolated pipelines (``make_pipeline_env`` of ``tests/conftest.py``)."""
     return make_pipeline_env
 
@@ -267,7 +268,6 @@ def own_broker() -> Iterator[LocalKafka]:
 class SoakResult:
     seconds: float
     acked: set[str]
-    not_acked: int
     publish_errors: list[str]
     samples: list[tuple[float, float]]  # (seconds since start, follower RSS in MB)
     follower_rc: int | None
@@ -284,12 +284,11 @@ class Soak:
     returns what happened.
     """
 
-    def __init__(self, env: Any, duration: float, log: Path) -> None:
+    def __init__(self, env: PipelineEnv, duration: float, log: Path) -> None:
         self.env, self.duration, self.log = env, duration, log
         self.rate = SOAK_RATE
         self.stop = threading.Event()
         self.acked: set[str] = set()
-        self.not_acked = 0
         self.publish_errors: list[str] = []
         self.samples: list[tuple[float, float]] = []
         self.follower: subprocess.Popen[bytes] | None = None
@@ -330,7 +329,6 @@ class Soak:
                     ok, failed = publish_acked(producer, make_events(batch, f"SOAK{sent // batch}"))
                     self.acked |= ok
                     if failed:
-                        self.not_acked += len(failed)
                         self.publish_errors.append(f"{len(failed)} not acknowledged")
                     sent += batch
                     self.stop.wait(max(0.0, self.started + sent / self.rate - time.monotonic()))
@@ -363,7 +361,6 @@ class Soak:
         return SoakResult(
             seconds=seconds,
             acked=set(self.acked),
-            not_acked=self.not_acked,
             publish_errors=list(self.publish_errors),
             samples=list(self.samples),
             follower_rc=rc,
@@ -389,7 +386,6 @@ class Soak:
 def soak(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    pipeline_env_factory: Callable[..., Any],
 ) -> Iterator[Soak | None]:
     """The background soak, started with the session's first reliability test when the soak test is selected."""
     if not any(item.name == SOAK_TEST for item in request.session.items):
@@ -397,7 +393,8 @@ def soak(
         return
     bootstrap = request.getfixturevalue("kafka_bootstrap")
     root = tmp_path_factory.mktemp("soak")
-    running = Soak(pipeline_env_factory(bootstrap, root / "chipq"), SOAK_SECONDS, root / "follower.log")
+    # No env vars set: the follower subprocess gets the pipeline's ``env.env``.
+    running = Soak(PipelineEnv.create(bootstrap, root / "chipq"), SOAK_SECONDS, root / "follower.log")
     running.start()
     try:
         yield running
@@ -450,7 +447,7 @@ def make_events(count: int, lot_prefix: str = "REL", *, when: dt.datetime | None
     return events
 
 
-def publish(env: Any, events: list[dict[str, Any]], config: KafkaConfig | None = None) -> set[str]:
+def publish(env: PipelineEnv, events: list[dict[str, Any]], config: KafkaConfig | None = None) -> set[str]:
     """Publish through the events library; returns the event ids Kafka acknowledged (raises on any failure)."""
     with SyncInspectionEventProducer(config or env.kafka_config, topic=env.inspection_topic) as producer:
         producer.publish_batch(events, key_fn=lambda e: e["inspection_id"])
@@ -483,7 +480,7 @@ class Tally:
     offsets_landed: dict[int, int]
 
 
-def tally(env: Any, published: set[str]) -> Tally:
+def tally(env: PipelineEnv, published: set[str]) -> Tally:
     """Lost/duplicated of ``published`` ids, read from the warehouse (no writer may be running)."""
     conn = duckdb.connect(str(env.warehouse), read_only=True)
     try:
@@ -565,7 +562,7 @@ def catch_up_until_ok(deadline_s: float = 120.0) -> tuple[Any, list[str]]:
             time.sleep(1.0)
 
 
-def catch_up_subprocess(env: Any, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def catch_up_subprocess(env: PipelineEnv, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chipq_pipelines.cli", "catch-up"],
         env={**os.environ, **env.env, **extra_env},
