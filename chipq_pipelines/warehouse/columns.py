@@ -59,6 +59,7 @@ DEFECT_SCHEMA = pa.schema(
         ("confidence", pa.float64()),
         ("x", pa.float64()),
         ("y", pa.float64()),
+        ("event_date", pa.date32()),
     ]
 )
 
@@ -157,7 +158,8 @@ def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -
         metadata = event.get("metadata") or {}
         event_defects = event.get("defects") or []
         columns["correlation_id"].append(event.get("correlation_id", ""))
-        columns["event_date"].append(utc_date(event["event_time"]))
+        event_date = utc_date(event["event_time"])
+        columns["event_date"].append(event_date)
         columns["defect_count"].append(len(event_defects))
         columns["metadata"].append(list(metadata.items()))
         columns["is_canary"].append(is_canary(metadata))
@@ -175,6 +177,7 @@ def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -
             defects["confidence"].append(defect["confidence"])
             defects["x"].append(location["x"])
             defects["y"].append(location["y"])
+            defects["event_date"].append(event_date)
     return (
         pa.Table.from_pydict(columns, schema=INSPECTION_SCHEMA),
         pa.Table.from_pydict(defects, schema=DEFECT_SCHEMA),

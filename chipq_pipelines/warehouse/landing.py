@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from chipq_pipelines.warehouse import columns
+from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
 from chipq_pipelines.warehouse.schema import load_sql
 from chipq_pipelines.warehouse.types import (
     Event,
     KafkaCoordinates,
-    LandedEvent,
     LandingResult,
     RejectedRecord,
     ValidationBounds,
-)
-from chipq_pipelines.warehouse.validation import (
-    inspection_event_problem,
-    quality_event_problem,
-    rejected_from_event,
 )
 
 
@@ -53,25 +49,27 @@ def landed_offsets(conn: duckdb.DuckDBPyConnection, topic: str) -> dict[int, int
     return {int(partition): int(next_offset) for partition, next_offset in rows}
 
 
-def _check_request(
-    topic: str,
-    offset_ranges: Mapping[int, tuple[int, int]],
-    events: Iterable[KafkaCoordinates],
-    rejected: Iterable[RejectedRecord],
-) -> None:
+def _check_ranges(topic: str, offset_ranges: Mapping[int, tuple[int, int]], batch: PreparedBatch) -> None:
     for partition, (start, end) in offset_ranges.items():
         if start < 0 or end < start:
             raise ValueError(f"{topic}[{partition}]: invalid offset range [{start}, {end})")
-    records = [(c.topic, c.partition, c.offset) for c in events]
-    records += [(r.topic, r.partition, r.offset) for r in rejected]
-    for record_topic, partition, offset in records:
+    spans: list[tuple[str, int, int, int]] = []
+    for table in (batch.inspections, batch.qualities):
+        if table.num_rows:
+            by_partition = table.group_by(["kafka_topic", "kafka_partition"])
+            for row in by_partition.aggregate([("kafka_offset", "min"), ("kafka_offset", "max")]).to_pylist():
+                spans.append(
+                    (row["kafka_topic"], row["kafka_partition"], row["kafka_offset_min"], row["kafka_offset_max"])
+                )
+    spans += [(r.topic, r.partition, r.offset, r.offset) for r in batch.rejects]
+    for record_topic, partition, first, last in spans:
         if record_topic != topic:
             raise ValueError(f"record from topic {record_topic!r} in a batch of {topic!r}")
         if partition not in offset_ranges:
-            raise ValueError(f"{topic}[{partition}]@{offset}: partition not in offset_ranges")
+            raise ValueError(f"{topic}[{partition}]@{first}: partition not in offset_ranges")
         start, end = offset_ranges[partition]
-        if not start <= offset < end:
-            raise ValueError(f"{topic}[{partition}]@{offset}: outside the range [{start}, {end})")
+        if not (start <= first and last < end):
+            raise ValueError(f"{topic}[{partition}]@{first}..{last}: outside the range [{start}, {end})")
 
 
 def _replayed_partitions(
@@ -93,45 +91,42 @@ def _replayed_partitions(
     return frozenset(replayed)
 
 
-def _validated(
-    events: Sequence[LandedEvent],
-    check: Callable[[Event, dt.datetime, ValidationBounds], str | None],
-    ingested_at: dt.datetime,
-    bounds: ValidationBounds,
-    rejects: list[RejectedRecord],
-) -> tuple[list[LandedEvent], int]:
-    """Valid events, first occurrence of each event_id in Kafka order; invalid ones go to ``rejects``."""
-    seen: set[str] = set()
-    valid: list[LandedEvent] = []
-    in_batch_duplicates = 0
-    for event, coordinates in sorted(events, key=lambda item: (item[1].partition, item[1].offset)):
-        problem = check(event, ingested_at, bounds)
-        if problem:
-            rejects.append(rejected_from_event(event, coordinates, problem))
-        elif event["event_id"] in seen:
-            in_batch_duplicates += 1
-        else:
-            seen.add(event["event_id"])
-            valid.append((event, coordinates))
-    return valid, in_batch_duplicates
+def _already_landed(conn: duckdb.DuckDBPyConnection, sql_name: str, table: pa.Table) -> set[str]:
+    """Event ids of ``table`` already in raw, looked up only on the UTC days of the batch's event times.
 
-
-def _already_landed(conn: duckdb.DuckDBPyConnection, sql_name: str, events: Sequence[LandedEvent]) -> set[str]:
-    if not events:
+    A producer's retry carries the same event_time, hence the same day: limiting the
+    lookup to those days lets DuckDB's zone maps skip the rest of history.
+    """
+    if table.num_rows == 0:
         return set()
-    conn.register("landing_event_ids", columns.event_ids_table([event["event_id"] for event, _ in events]))
+    days = pc.unique(pc.cast(table["event_time"], pa.date32())).to_pylist()
+    landing_ids = pa.table({"event_id": table["event_id"]})
+    conn.register("landing_event_ids", landing_ids)
     try:
-        return {row[0] for row in conn.execute(load_sql(sql_name)).fetchall()}
+        found: set[str] = set()
+        for day in days:
+            start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+            params = {"day_start": start, "day_end": start + dt.timedelta(days=1)}
+            found.update(row[0] for row in conn.execute(load_sql(sql_name), params).fetchall())
+        return found
     finally:
         conn.unregister("landing_event_ids")
 
 
-def _insert(conn: duckdb.DuckDBPyConnection, view_name: str, table: pa.Table, sql_name: str) -> int:
+def _without(table: pa.Table, column: str, values: set[str] | set[int]) -> pa.Table:
+    if not values or table.num_rows == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table[column], value_set=pa.array(sorted(values)))))
+
+
+def _insert(
+    conn: duckdb.DuckDBPyConnection, view_name: str, table: pa.Table, sql_name: str, seq: int | None = None
+) -> int:
     if table.num_rows == 0:
         return 0
     conn.register(view_name, table)
     try:
-        conn.execute(load_sql(sql_name))
+        conn.execute(load_sql(sql_name), {"landing_seq": seq} if seq is not None else {})
     finally:
         conn.unregister(view_name)
     return int(table.num_rows)
@@ -163,14 +158,22 @@ def land_batch(
     ``bounds.max_future`` after ``ingested_at``) go to ``ops.rejected_events`` with the
     reason, next to the caller's ``rejected`` records (undecodable messages).
     """
-    bounds = bounds or ValidationBounds()
-    ingested_at = ingested_at or dt.datetime.now(dt.UTC)
-    _check_request(topic, offset_ranges, [c for _, c in (*inspection_events, *quality_events)], rejected)
+    batch = prepare_batch(inspection_events, quality_events, rejected, bounds=bounds, ingested_at=ingested_at)
+    return land_prepared(conn, topic=topic, offset_ranges=offset_ranges, batch=batch)
+
+
+def land_prepared(
+    conn: duckdb.DuckDBPyConnection,
+    *,
+    topic: str,
+    offset_ranges: Mapping[int, tuple[int, int]],
+    batch: PreparedBatch,
+) -> LandingResult:
+    """Land a batch made by ``prepare_batch`` (possibly in another process): ``land_batch``'s DuckDB half."""
+    _check_ranges(topic, offset_ranges, batch)
     conn.execute("BEGIN TRANSACTION")
     try:
-        result = _land_in_transaction(
-            conn, topic, offset_ranges, inspection_events, quality_events, rejected, bounds, ingested_at
-        )
+        result = _land_in_transaction(conn, topic, offset_ranges, batch)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -182,62 +185,56 @@ def _land_in_transaction(
     conn: duckdb.DuckDBPyConnection,
     topic: str,
     offset_ranges: Mapping[int, tuple[int, int]],
-    inspection_events: Sequence[LandedEvent],
-    quality_events: Sequence[LandedEvent],
-    rejected: Sequence[RejectedRecord],
-    bounds: ValidationBounds,
-    ingested_at: dt.datetime,
+    batch: PreparedBatch,
 ) -> LandingResult:
     replayed = _replayed_partitions(topic, offset_ranges, landed_offsets(conn, topic))
-    inspection_events = [item for item in inspection_events if item[1].partition not in replayed]
-    quality_events = [item for item in quality_events if item[1].partition not in replayed]
-    rejects = [record for record in rejected if record.partition not in replayed]
+    inspections = _without(batch.inspections, "kafka_partition", set(replayed))
+    qualities = _without(batch.qualities, "kafka_partition", set(replayed))
+    rejects = [record for record in batch.rejects if record.partition not in replayed]
 
-    inspections, inspection_dupes = _validated(
-        inspection_events, inspection_event_problem, ingested_at, bounds, rejects
-    )
-    qualities, quality_dupes = _validated(quality_events, quality_event_problem, ingested_at, bounds, rejects)
     landed_inspections = _already_landed(conn, "existing_inspection_event_ids", inspections)
     landed_qualities = _already_landed(conn, "existing_quality_event_ids", qualities)
-    new_inspections = [item for item in inspections if item[0]["event_id"] not in landed_inspections]
-    new_qualities = [item for item in qualities if item[0]["event_id"] not in landed_qualities]
+    inspections = _without(inspections, "event_id", landed_inspections)
+    qualities = _without(qualities, "event_id", landed_qualities)
+    defects = batch.defects
+    if defects.num_rows and (replayed or landed_inspections):
+        defects = defects.filter(pc.is_in(defects["event_id"], value_set=inspections["event_id"]))
 
-    inspection_table, defect_table = columns.inspection_tables(new_inspections, ingested_at)
-    inserted_inspections = _insert(conn, "landing_inspection_events", inspection_table, "insert_inspection_events")
-    inserted_defects = _insert(conn, "landing_defects", defect_table, "insert_defects")
-    inserted_qualities = _insert(
-        conn, "landing_quality_events", columns.quality_table(new_qualities, ingested_at), "insert_quality_events"
-    )
+    ((seq,),) = conn.execute("SELECT nextval('ops.change_seq')").fetchall()
+    inserted_inspections = _insert(conn, "landing_inspection_events", inspections, "insert_inspection_events", seq)
+    inserted_defects = _insert(conn, "landing_defects", defects, "insert_defects", seq)
+    inserted_qualities = _insert(conn, "landing_quality_events", qualities, "insert_quality_events", seq)
     unique_rejects = list({(r.partition, r.offset): r for r in reversed(rejects)}.values())
-    reject_table = columns.rejected_table(unique_rejects, ingested_at)
-    _insert(conn, "landing_rejected_events", reject_table, "insert_rejected_events")
+    reject_table = columns.rejected_table(unique_rejects, batch.ingested_at)
+    _insert(conn, "landing_rejected_events", reject_table, "insert_rejected_events", seq)
 
     new_offsets = {}
     for partition, (_, end) in sorted(offset_ranges.items()):
         if partition in replayed:
             continue
-        params = {"topic": topic, "partition": partition, "next_offset": end, "updated_at": ingested_at}
+        params = {"topic": topic, "partition": partition, "next_offset": end, "updated_at": batch.ingested_at}
         conn.execute(load_sql("upsert_landed_offset"), params)
         new_offsets[partition] = end
 
-    completed = [
-        event
-        for event, _ in new_inspections
-        if event["event_type"] == "INSPECTION_COMPLETED" and not columns.is_canary(event.get("metadata"))
-    ]
-    touched_dates = frozenset(columns.utc_date(event["event_time"]) for event in completed)
-    touched_lots = frozenset(event["batch_id"] for event in completed)
+    completed = inspections.filter(
+        pc.and_(pc.equal(inspections["event_type"], "INSPECTION_COMPLETED"), pc.invert(inspections["is_canary"]))
+    )
+    touched_dates = frozenset(pc.unique(completed["event_date"]).to_pylist())
+    touched_lots = frozenset(pc.unique(completed["batch_id"]).to_pylist())
     for mart, keys in (
         ("defect_rates", sorted(d.isoformat() for d in touched_dates)),
         (LOT_MART, sorted(touched_lots)),
     ):
         if keys:
-            conn.execute(load_sql("pending_add"), {"mart": mart, "keys": keys, "since": ingested_at})
+            conn.execute(load_sql("pending_add"), {"mart": mart, "keys": keys, "since": batch.ingested_at})
+    if inspections.num_rows:
+        lot_days = inspections.select(["batch_id", "event_date"]).group_by(["batch_id", "event_date"]).aggregate([])
+        _insert(conn, "landing_lot_days", lot_days, "lot_days_add")
     return LandingResult(
         inserted_inspection_events=inserted_inspections,
         inserted_quality_events=inserted_qualities,
         inserted_defects=inserted_defects,
-        duplicates=inspection_dupes + quality_dupes + len(landed_inspections) + len(landed_qualities),
+        duplicates=batch.in_batch_duplicates + len(landed_inspections) + len(landed_qualities),
         rejected=len(unique_rejects),
         replayed_partitions=replayed,
         offsets=new_offsets,

@@ -1,8 +1,14 @@
-"""Mart partition rewrites: DELETE + INSERT of one partition in one transaction (idempotent)."""
+"""Mart partition rewrites, set-based: DELETE + INSERT of many partitions in one transaction (idempotent).
+
+A run that rewrites 500 lots or 30 days does it in one statement each, reading only
+the days those partitions have rows on (``ops.lot_days``; zone maps skip the rest of
+history), so a rewrite costs what it rewrites, not what the warehouse holds.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
@@ -12,37 +18,8 @@ from chipq_pipelines.warehouse.types import MartResult
 
 DEFAULT_PASS_THRESHOLD = 0.85
 PREVIEW_ROWS = 10
-
-
-_PENDING_MART = {"defect_rates": "defect_rates", "lot_quality": "lot_quality_scores"}
-
-
-def _rewrite(
-    conn: duckdb.DuckDBPyConnection, name: str, delete_params: dict[str, Any], insert_params: dict[str, Any]
-) -> None:
-    partition = next(iter(delete_params.values()))
-    pending = {"mart": _PENDING_MART[name], "partition_key": None if partition is None else str(partition)}
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        conn.execute(load_sql(f"{name}_delete"), delete_params)
-        conn.execute(load_sql(f"{name}_insert"), insert_params)
-        conn.execute(load_sql("pending_clear"), pending)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-
-
-def _result(conn: duckdb.DuckDBPyConnection, table: str, name: str, params: dict[str, Any]) -> MartResult:
-    (row_count,) = conn.execute(load_sql(f"count_{name}"), params).fetchone() or (0,)
-    preview = conn.execute(load_sql(f"{name}_preview"), {**params, "limit": PREVIEW_ROWS}).df()
-    partition = next(iter(params.values()))
-    return MartResult(
-        table=table,
-        partition=None if partition is None else str(partition),
-        row_count=int(row_count),
-        preview=preview,
-    )
+DAY_MART = "defect_rates"
+LOT_MART = "lot_quality_scores"
 
 
 def _check_threshold(pass_threshold: float) -> None:
@@ -50,42 +27,90 @@ def _check_threshold(pass_threshold: float) -> None:
         raise ValueError(f"pass_threshold {pass_threshold!r} is outside [0, 1]")
 
 
-def rewrite_defect_rates(conn: duckdb.DuckDBPyConnection, day: dt.date) -> MartResult:
-    """Recompute ``marts.defect_rates`` for one UTC day (the daily partition), replacing its rows.
+def _finish(conn: duckdb.DuckDBPyConnection, mart: str, keys: list[str]) -> None:
+    ((seq,),) = conn.execute("SELECT nextval('ops.change_seq')").fetchall()
+    conn.execute(load_sql("pending_done"), {"mart": mart, "keys": keys})
+    conn.execute(load_sql("mart_changes_record"), {"mart": mart, "keys": keys, "change_seq": seq})
 
-    Counts every non-canary INSPECTION_COMPLETED event whose event_time falls on ``day``.
-    Running it twice leaves the same rows (only ``updated_at`` moves).
+
+def _label(keys: list[str], unit: str) -> str:
+    return keys[0] if len(keys) == 1 else f"{len(keys)} {unit}: {keys[0]} … {keys[-1]}"
+
+
+def rewrite_days(conn: duckdb.DuckDBPyConnection, days: Iterable[dt.date]) -> MartResult:
+    """Recompute ``marts.defect_rates`` for the given UTC days, replacing their rows, in one transaction.
+
+    Counts every non-canary INSPECTION_COMPLETED event whose event_time falls on each
+    day. Running it twice leaves the same rows (only ``updated_at`` moves).
     """
-    params = {"event_date": day}
-    _rewrite(conn, "defect_rates", params, params)
-    return _result(conn, "marts.defect_rates", "defect_rates", params)
+    day_list = sorted(set(days))
+    if not day_list:
+        return MartResult(table="marts.defect_rates", partition=None, row_count=0, preview=_empty_preview(conn))
+    params = {"days": day_list}
+    keys = [d.isoformat() for d in day_list]
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(load_sql("defect_rates_delete"), params)
+        conn.execute(load_sql("defect_rates_insert"), params)
+        _finish(conn, DAY_MART, keys)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    ((row_count,),) = conn.execute(load_sql("defect_rates_count"), params).fetchall()
+    preview = conn.execute(load_sql("defect_rates_preview"), {**params, "limit": PREVIEW_ROWS}).df()
+    return MartResult("marts.defect_rates", _label(keys, "days"), int(row_count), preview)
 
 
-def rewrite_lot_quality(
-    conn: duckdb.DuckDBPyConnection, lot_id: str, pass_threshold: float = DEFAULT_PASS_THRESHOLD
+def rewrite_lots(
+    conn: duckdb.DuckDBPyConnection, lot_ids: Iterable[str], pass_threshold: float = DEFAULT_PASS_THRESHOLD
 ) -> MartResult:
-    """Recompute the ``marts.lot_quality_scores`` row of one lot (the dynamic partition).
+    """Recompute the ``marts.lot_quality_scores`` rows of the given lots, in one transaction.
 
     Uses each inspection's latest non-canary INSPECTION_COMPLETED event. ``pass_rate`` is
     the share of those with ``quality_score >= pass_threshold``; unscored ones count as
     not passed. A lot with no such event ends with no row.
     """
     _check_threshold(pass_threshold)
-    params = {"lot_id": lot_id}
-    _rewrite(conn, "lot_quality", params, {**params, "pass_threshold": pass_threshold})
-    return _result(conn, "marts.lot_quality_scores", "lot_quality", params)
+    keys = sorted(set(lot_ids))
+    lots: dict[str, Any] = {"lots": keys}
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        days = [row[0] for row in conn.execute(load_sql("lot_days_of_lots"), lots).fetchall()]
+        conn.execute(load_sql("lot_quality_delete"), lots)
+        conn.execute(load_sql("lot_quality_insert"), {**lots, "days": days, "pass_threshold": pass_threshold})
+        if keys:
+            _finish(conn, LOT_MART, keys)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    ((row_count,),) = conn.execute(load_sql("lot_quality_count"), lots).fetchall()
+    preview = conn.execute(load_sql("lot_quality_preview"), {**lots, "limit": PREVIEW_ROWS}).df()
+    return MartResult("marts.lot_quality_scores", _label(keys, "lots") if keys else None, int(row_count), preview)
+
+
+def _empty_preview(conn: duckdb.DuckDBPyConnection) -> Any:
+    return conn.execute(load_sql("defect_rates_preview"), {"days": [], "limit": 0}).df()
+
+
+def rewrite_defect_rates(conn: duckdb.DuckDBPyConnection, day: dt.date) -> MartResult:
+    """Recompute ``marts.defect_rates`` for one UTC day (the daily partition), replacing its rows."""
+    return rewrite_days(conn, [day])
+
+
+def rewrite_lot_quality(
+    conn: duckdb.DuckDBPyConnection, lot_id: str, pass_threshold: float = DEFAULT_PASS_THRESHOLD
+) -> MartResult:
+    """Recompute the ``marts.lot_quality_scores`` row of one lot (the dynamic partition)."""
+    return rewrite_lots(conn, [lot_id], pass_threshold)
 
 
 def rewrite_all_marts(
     conn: duckdb.DuckDBPyConnection, pass_threshold: float = DEFAULT_PASS_THRESHOLD
 ) -> list[MartResult]:
-    """Recompute every partition of every mart from raw (full rebuild, one transaction per mart)."""
+    """Recompute every partition of every mart from raw (full rebuild: every day and lot in ``ops.lot_days``)."""
     _check_threshold(pass_threshold)
-    every_day: dict[str, Any] = {"event_date": None}
-    every_lot: dict[str, Any] = {"lot_id": None}
-    _rewrite(conn, "defect_rates", every_day, every_day)
-    _rewrite(conn, "lot_quality", every_lot, {**every_lot, "pass_threshold": pass_threshold})
-    return [
-        _result(conn, "marts.defect_rates", "defect_rates", every_day),
-        _result(conn, "marts.lot_quality_scores", "lot_quality", every_lot),
-    ]
+    lots = [row[0] for row in conn.execute("SELECT DISTINCT lot_id FROM ops.lot_days").fetchall()]
+    days = [row[0] for row in conn.execute("SELECT DISTINCT event_date FROM ops.lot_days").fetchall()]
+    return [rewrite_days(conn, days), rewrite_lots(conn, lots, pass_threshold)]

@@ -38,11 +38,48 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     return conn
 
 
+#: Columns added after the first release: (table, column, type, SQL filling existing rows or None).
+_ADDED_COLUMNS = (
+    ("raw.inspection_events", "landing_seq", "BIGINT", None),
+    ("raw.quality_events", "landing_seq", "BIGINT", None),
+    ("raw.defects", "landing_seq", "BIGINT", None),
+    ("raw.defects", "event_date", "DATE", "migrate_defect_dates"),
+    ("ops.rejected_events", "landing_seq", "BIGINT", None),
+    ("ops.alert_outbox", "change_seq", "BIGINT", None),
+)
+
+
+def _migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Bring a warehouse written by an earlier chipq up to the current columns (once; a no-op after).
+
+    Returns the SQL files to run once the DDL has created the tables added since.
+    """
+    existing = {
+        (f"{schema}.{table}", column)
+        for schema, table, column in conn.execute(
+            "SELECT schema_name, table_name, column_name FROM duckdb_columns() WHERE database_name = current_database()"
+        ).fetchall()
+    }
+    tables = {table for table, _ in existing}
+    for table, column, column_type, backfill in _ADDED_COLUMNS:
+        if table in tables and (table, column) not in existing:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {column_type}")  # constants above, no data
+            if backfill:
+                conn.execute(load_sql(backfill))
+    if "raw.inspection_events" in tables and "ops.lot_days" not in tables:
+        return ["migrate_lot_days"]
+    return []
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Create the raw, ops and marts schemas, tables, comments and views if missing (idempotent)."""
+    """Create the raw, ops and marts schemas, tables, comments and views if missing (idempotent).
+
+    A warehouse written by an earlier version gets the columns added since (and their values) first.
+    """
     conn.execute("BEGIN TRANSACTION")
     try:
-        for name in _ddl_names():
+        after_ddl = _migrate(conn)
+        for name in [*_ddl_names(), *after_ddl]:
             conn.execute(load_sql(name))
         conn.execute("COMMIT")
     except BaseException:

@@ -67,6 +67,8 @@ def test_schema_is_idempotent_and_every_analyst_column_is_commented(conn: duckdb
         "ops.alert_state",
         "ops.canaries",
         "ops.ingested_offsets",
+        "ops.lot_days",
+        "ops.mart_changes",
         "ops.pending_mart_partitions",
         "ops.rejected_events",
         "ops.spc_baseline",

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS raw.inspection_events (
     kafka_partition  INTEGER     NOT NULL,
     kafka_offset     BIGINT      NOT NULL,
     kafka_timestamp  TIMESTAMPTZ,
-    ingested_at      TIMESTAMPTZ NOT NULL
+    ingested_at      TIMESTAMPTZ NOT NULL,
+    landing_seq      BIGINT
 );
 
 COMMENT ON TABLE raw.inspection_events IS 'One row per inspection event (event_id unique), as published on chip-quality.inspection.events. Defects are in raw.defects.';
@@ -52,6 +53,7 @@ COMMENT ON COLUMN raw.inspection_events.kafka_partition IS 'Kafka partition.';
 COMMENT ON COLUMN raw.inspection_events.kafka_offset IS 'Kafka offset within the partition.';
 COMMENT ON COLUMN raw.inspection_events.kafka_timestamp IS 'Broker/producer record timestamp, when present.';
 COMMENT ON COLUMN raw.inspection_events.ingested_at IS 'When the warehouse landed the event.';
+COMMENT ON COLUMN raw.inspection_events.landing_seq IS 'Number of the landing transaction that wrote the row (ops.change_seq; increases with every landing).';
 
 CREATE TABLE IF NOT EXISTS raw.defects (
     event_id      VARCHAR NOT NULL,
@@ -60,7 +62,9 @@ CREATE TABLE IF NOT EXISTS raw.defects (
     severity      VARCHAR NOT NULL,
     confidence    DOUBLE  NOT NULL,
     x             DOUBLE  NOT NULL,
-    y             DOUBLE  NOT NULL
+    y             DOUBLE  NOT NULL,
+    event_date    DATE,
+    landing_seq   BIGINT
 );
 
 COMMENT ON TABLE raw.defects IS 'One row per defect of an inspection event; join to raw.inspection_events on event_id.';
@@ -71,6 +75,8 @@ COMMENT ON COLUMN raw.defects.severity IS 'LOW, MEDIUM, HIGH or CRITICAL.';
 COMMENT ON COLUMN raw.defects.confidence IS 'Classifier confidence in [0, 1].';
 COMMENT ON COLUMN raw.defects.x IS 'Defect location, x.';
 COMMENT ON COLUMN raw.defects.y IS 'Defect location, y.';
+COMMENT ON COLUMN raw.defects.event_date IS 'UTC date of the inspection event''s event_time (copied so that a day''s defects are read without scanning history).';
+COMMENT ON COLUMN raw.defects.landing_seq IS 'Number of the landing transaction that wrote the row.';
 
 CREATE TABLE IF NOT EXISTS raw.quality_events (
     event_id         VARCHAR     NOT NULL,
@@ -96,7 +102,8 @@ CREATE TABLE IF NOT EXISTS raw.quality_events (
     kafka_partition  INTEGER     NOT NULL,
     kafka_offset     BIGINT      NOT NULL,
     kafka_timestamp  TIMESTAMPTZ,
-    ingested_at      TIMESTAMPTZ NOT NULL
+    ingested_at      TIMESTAMPTZ NOT NULL,
+    landing_seq      BIGINT
 );
 
 COMMENT ON TABLE raw.quality_events IS 'One row per quality event (event_id unique): assessments and threshold violations from chip-quality.quality.events.';
@@ -124,3 +131,4 @@ COMMENT ON COLUMN raw.quality_events.kafka_partition IS 'Kafka partition.';
 COMMENT ON COLUMN raw.quality_events.kafka_offset IS 'Kafka offset within the partition.';
 COMMENT ON COLUMN raw.quality_events.kafka_timestamp IS 'Broker/producer record timestamp, when present.';
 COMMENT ON COLUMN raw.quality_events.ingested_at IS 'When the warehouse landed the event.';
+COMMENT ON COLUMN raw.quality_events.landing_seq IS 'Number of the landing transaction that wrote the row (ops.change_seq; increases with every landing).';

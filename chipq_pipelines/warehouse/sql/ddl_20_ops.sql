@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS ops.rejected_events (
     raw          BLOB        NOT NULL,
     reason       VARCHAR     NOT NULL,
     rejected_at  TIMESTAMPTZ NOT NULL,
+    landing_seq  BIGINT,
     PRIMARY KEY (topic, partition, "offset")
 );
 
@@ -34,3 +35,4 @@ COMMENT ON COLUMN ops.rejected_events.key IS 'Record key bytes, as read.';
 COMMENT ON COLUMN ops.rejected_events.raw IS 'Record value bytes as read (or the decoded event as JSON when the bytes were not kept).';
 COMMENT ON COLUMN ops.rejected_events.reason IS 'Why it was rejected.';
 COMMENT ON COLUMN ops.rejected_events.rejected_at IS 'When it was rejected.';
+COMMENT ON COLUMN ops.rejected_events.landing_seq IS 'Number of the landing transaction that wrote the row.';

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS ops.alert_outbox (
     published_at      TIMESTAMPTZ,
     publish_attempts  INTEGER     NOT NULL DEFAULT 0,
     kafka_partition   INTEGER,
-    kafka_offset      BIGINT
+    kafka_offset      BIGINT,
+    change_seq        BIGINT
 );
 
 COMMENT ON TABLE ops.alert_outbox IS 'Threshold violations waiting for (or done with) publication as THRESHOLD_VIOLATED on chip-quality.quality.events. One row per fact: event_id is a uuid5 of rule, level, scope, partition and rules version.';
@@ -35,6 +36,7 @@ COMMENT ON COLUMN ops.alert_outbox.observed_value IS 'The value that crossed it.
 COMMENT ON COLUMN ops.alert_outbox.message IS 'Human-readable: what was compared with what.';
 COMMENT ON COLUMN ops.alert_outbox.detected_at IS 'When the violation was first found (also the event_time of the published event).';
 COMMENT ON COLUMN ops.alert_outbox.published_at IS 'When Kafka acknowledged the event; NULL while unpublished.';
+COMMENT ON COLUMN ops.alert_outbox.change_seq IS 'ops.change_seq at the row''s last change (insert, send attempt, publication).';
 COMMENT ON COLUMN ops.alert_outbox.publish_attempts IS 'How many publish runs sent it (more than 1 after a crash between send and mark).';
 COMMENT ON COLUMN ops.alert_outbox.kafka_partition IS 'Partition of the acknowledged event.';
 COMMENT ON COLUMN ops.alert_outbox.kafka_offset IS 'Offset of the acknowledged event.';

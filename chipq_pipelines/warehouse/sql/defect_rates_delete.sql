@@ -1,2 +1,2 @@
--- $event_date NULL = every day (full recompute).
-DELETE FROM marts.defect_rates WHERE CAST($event_date AS DATE) IS NULL OR event_date = CAST($event_date AS DATE);
+-- The days being rewritten ($days).
+DELETE FROM marts.defect_rates WHERE event_date = ANY(CAST($days AS DATE[]));

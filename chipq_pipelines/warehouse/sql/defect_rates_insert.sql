@@ -1,4 +1,4 @@
--- Defect rates of one UTC day ($event_date), or of every day when $event_date is NULL.
+-- Defect rates of the UTC days in $days (one statement for all of them; zone maps skip other days).
 -- Counts every non-canary INSPECTION_COMPLETED event of the day (raw is unique by event_id),
 -- including repeated completions of one inspection: a chip counts once per day in
 -- chips_inspected / chips_with_defect, every defect counts in defect_count.
@@ -8,7 +8,7 @@ WITH completed AS (
     FROM raw.inspection_events
     WHERE event_type = 'INSPECTION_COMPLETED'
       AND NOT is_canary
-      AND (CAST($event_date AS DATE) IS NULL OR event_date = CAST($event_date AS DATE))
+      AND event_date = ANY(CAST($days AS DATE[]))
 ),
 inspected AS (
     SELECT event_date, count(DISTINCT chip_id) AS chips_inspected
@@ -22,7 +22,8 @@ by_type AS (
         count(DISTINCT c.chip_id) AS chips_with_defect,
         count(*) AS defect_count
     FROM completed AS c
-    JOIN raw.defects AS d USING (event_id)
+    JOIN (SELECT event_id, defect_type FROM raw.defects WHERE event_date = ANY(CAST($days AS DATE[]))) AS d
+        USING (event_id)
     GROUP BY c.event_date, d.defect_type
 )
 SELECT

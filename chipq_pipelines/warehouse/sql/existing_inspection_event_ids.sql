@@ -1,2 +1,7 @@
--- Event ids of the batch (registered as landing_event_ids) already in raw.inspection_events.
-SELECT event_id FROM landing_event_ids SEMI JOIN raw.inspection_events USING (event_id);
+-- Event ids of the batch (registered as landing_event_ids) already in raw.inspection_events,
+-- looked up on one UTC day of event_time: [$day_start, $day_end). Zone maps skip other days.
+SELECT event_id FROM landing_event_ids
+SEMI JOIN (
+    SELECT event_id FROM raw.inspection_events
+    WHERE event_date = CAST($day_start AS DATE) AND event_time >= $day_start AND event_time < $day_end
+) USING (event_id);

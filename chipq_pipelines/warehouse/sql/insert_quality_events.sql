@@ -1,1 +1,1 @@
-INSERT INTO raw.quality_events BY NAME SELECT * FROM landing_quality_events;
+INSERT INTO raw.quality_events BY NAME SELECT *, CAST($landing_seq AS BIGINT) AS landing_seq FROM landing_quality_events;

@@ -1,2 +1,2 @@
--- $lot_id NULL = every lot (full recompute).
-DELETE FROM marts.lot_quality_scores WHERE CAST($lot_id AS VARCHAR) IS NULL OR lot_id = CAST($lot_id AS VARCHAR);
+-- The lots being rewritten (in $lots).
+DELETE FROM marts.lot_quality_scores WHERE lot_id IN (SELECT unnest(CAST($lots AS VARCHAR[])));

@@ -1,4 +1,4 @@
--- Quality score of one lot ($lot_id), or of every lot when $lot_id is NULL, over the
+-- Quality scores of the lots in $lots, whose rows lie on the days $days, over the
 -- latest non-canary INSPECTION_COMPLETED event of each inspection (latest by event_time,
 -- ties broken by Kafka position, then event_id, so the choice is deterministic).
 -- pass_rate: share of those inspections with quality_score >= $pass_threshold; an
@@ -9,7 +9,8 @@ WITH latest AS (
     FROM raw.inspection_events
     WHERE event_type = 'INSPECTION_COMPLETED'
       AND NOT is_canary
-      AND (CAST($lot_id AS VARCHAR) IS NULL OR batch_id = CAST($lot_id AS VARCHAR))
+      AND event_date = ANY(CAST($days AS DATE[]))
+      AND batch_id IN (SELECT unnest(CAST($lots AS VARCHAR[])))
     QUALIFY row_number() OVER (
         PARTITION BY batch_id, inspection_id
         ORDER BY event_time DESC, kafka_topic DESC, kafka_partition DESC, kafka_offset DESC, event_id DESC
@@ -22,6 +23,7 @@ defects_per_event AS (
         count(*) FILTER (WHERE d.severity = 'CRITICAL') AS critical_defects
     FROM raw.defects AS d
     SEMI JOIN latest AS l USING (event_id)
+    WHERE d.event_date = ANY(CAST($days AS DATE[]))
     GROUP BY d.event_id
 )
 SELECT

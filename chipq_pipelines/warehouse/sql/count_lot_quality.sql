@@ -1,1 +1,0 @@
-SELECT count(*) FROM marts.lot_quality_scores WHERE CAST($lot_id AS VARCHAR) IS NULL OR lot_id = CAST($lot_id AS VARCHAR);
