@@ -9,8 +9,10 @@ from chipq_pipelines.warehouse.landing import StaleOffsetRangeError, land_batch,
 from chipq_pipelines.warehouse.marts import (
     DEFAULT_PASS_THRESHOLD,
     rewrite_all_marts,
+    rewrite_days,
     rewrite_defect_rates,
     rewrite_lot_quality,
+    rewrite_lots,
 )
 from chipq_pipelines.warehouse.schema import connect, ensure_schema
 from chipq_pipelines.warehouse.snapshot import (
@@ -48,7 +50,9 @@ __all__ = [
     "publish_snapshot",
     "query_snapshot",
     "rewrite_all_marts",
+    "rewrite_days",
     "rewrite_defect_rates",
     "rewrite_lot_quality",
+    "rewrite_lots",
     "snapshot_age_seconds",
 ]

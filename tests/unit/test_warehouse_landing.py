@@ -72,6 +72,7 @@ def test_schema_is_idempotent_and_every_analyst_column_is_commented(conn: duckdb
         "ops.pending_mart_partitions",
         "ops.rejected_events",
         "ops.spc_baseline",
+        "ops.warehouse_info",
         "raw.defects",
         "raw.inspection_events",
         "raw.quality_events",
@@ -369,3 +370,28 @@ def test_hostile_lot_ids_are_stored_verbatim_and_queryable(conn: duckdb.DuckDBPy
         assert score == (pytest.approx(0.5 + i / 20),)
     assert count(conn, "raw.inspection_events") == len(HOSTILE_LOT_IDS)
     assert count(conn, "marts.lot_quality_scores") == len(HOSTILE_LOT_IDS)
+
+
+def test_a_warehouse_of_the_previous_version_is_migrated_once(conn: duckdb.DuckDBPyConnection) -> None:
+    land_batch(
+        conn,
+        topic=INSPECTION_TOPIC,
+        offset_ranges={0: (0, 2)},
+        inspection_events=[(inspection_event(batch_id=f"LOT-{i}"), at(0, i)) for i in range(2)],
+    )
+    # what the previous version wrote: no change numbers, no defect dates, no lot days
+    for table, column in [
+        ("raw.inspection_events", "landing_seq"),
+        ("raw.defects", "landing_seq"),
+        ("raw.defects", "event_date"),
+        ("raw.quality_events", "landing_seq"),
+        ("ops.rejected_events", "landing_seq"),
+        ("ops.alert_outbox", "change_seq"),
+    ]:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.execute("DROP TABLE ops.lot_days")
+    ensure_schema(conn)
+    assert conn.execute("SELECT event_date FROM raw.defects").fetchall() == [(BASE_TIME.date(),)] * 2
+    assert sorted(conn.execute("SELECT lot_id FROM ops.lot_days").fetchall()) == [("LOT-0",), ("LOT-1",)]
+    ensure_schema(conn)  # and nothing more the next time
+    assert count(conn, "ops.lot_days") == 2

@@ -14,8 +14,10 @@ from chipq_pipelines.warehouse import (
     ensure_schema,
     land_batch,
     rewrite_all_marts,
+    rewrite_days,
     rewrite_defect_rates,
     rewrite_lot_quality,
+    rewrite_lots,
 )
 from chipq_pipelines.warehouse.samples import (
     BASE_TIME,
@@ -149,8 +151,8 @@ def assert_frames_match(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
             assert left == right, column
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_marts_match_an_independent_recomputation(conn: duckdb.DuckDBPyConnection, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "in_sets"), [(1, False), (2, False), (3, False), (1, True), (4, True)])
+def test_marts_match_an_independent_recomputation(conn: duckdb.DuckDBPyConnection, seed: int, in_sets: bool) -> None:
     stream = random_stream(seed, lots=("LOT-A", "LOT-B", *HOSTILE_LOT_IDS[:2]))
     results = land_stream(conn, stream, chunks=4)
     completions = landed_completions(stream)
@@ -160,7 +162,12 @@ def test_marts_match_an_independent_recomputation(conn: duckdb.DuckDBPyConnectio
     assert set().union(*(r.touched_lot_ids for r in results)) == set(completions["batch_id"])
 
     # rewrite exactly the partitions landing reported, batch after batch, like the Dagster layer
+    # (one partition at a time, or every touched partition of a batch in one set-based statement)
     for result in results:
+        if in_sets:
+            rewrite_days(conn, result.touched_event_dates)
+            rewrite_lots(conn, result.touched_lot_ids, pass_threshold=0.8)
+            continue
         for day in sorted(result.touched_event_dates):
             rewrite_defect_rates(conn, day)
         for lot_id in sorted(result.touched_lot_ids):

@@ -69,11 +69,14 @@ def test_snapshot_is_a_consistent_read_only_copy_with_comments(
 
     published = publish_snapshot(warehouse, snapshot_path)
 
-    assert published.path == snapshot_path.resolve()
+    assert published.path == snapshot_path
+    assert snapshot_path.is_symlink() and snapshot_path.resolve() == published.copy
+    assert published.mode == "full"
     assert published.table_rows["raw.inspection_events"] == len(HOSTILE_LOT_IDS)
     assert published.table_rows["marts.lot_quality_scores"] == len(HOSTILE_LOT_IDS)
     assert published.table_rows["ops.rejected_events"] == 1
-    assert sorted(p.name for p in snapshot_path.parent.iterdir()) == ["analytics.duckdb"]  # no staging left
+    # the link and the folder of copies, no staging left
+    assert sorted(p.name for p in snapshot_path.parent.iterdir()) == ["analytics.duckdb", "analytics.duckdb.d"]
     assert 0 <= snapshot_age_seconds(snapshot_path) < 60
     lots = query_snapshot(snapshot_path, "SELECT lot_id FROM marts.lot_quality_scores ORDER BY lot_id")
     assert lots["lot_id"].tolist() == sorted(HOSTILE_LOT_IDS)

@@ -4,31 +4,25 @@ import datetime as dt
 import warnings
 
 import dagster as dg
-import pandas as pd
 
 from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL, raw_inspection_events, raw_quality_events
 from chipq_pipelines.defs.partitions import daily_partitions, lot_id_from_partition_key, lot_partitions
 from chipq_pipelines.defs.resources import WarehouseResource
 from chipq_pipelines.warehouse.formatting import markdown_table
-from chipq_pipelines.warehouse.marts import rewrite_defect_rates, rewrite_lot_quality
+from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots
 from chipq_pipelines.warehouse.snapshot import publish_snapshot
 from chipq_pipelines.warehouse.types import MartResult
 
 
-def _mart_metadata(results: list[MartResult]) -> dict[str, dg.MetadataValue]:
+def _mart_metadata(result: MartResult, partition_count: int) -> dict[str, dg.MetadataValue]:
     """Rows, schema and a preview of the partitions one run rewrote (one, or a contiguous range)."""
-    first = results[0]
-    columns = [dg.TableColumn(name, str(dtype)) for name, dtype in first.preview.dtypes.items()]
-    frames = [r.preview for r in results[:PREVIEW_PARTITIONS] if len(r.preview)]
-    previews = pd.concat(frames, ignore_index=True) if frames else first.preview
-    partitions = [r.partition or "all" for r in results]
+    columns = [dg.TableColumn(name, str(dtype)) for name, dtype in result.preview.dtypes.items()]
     return {
-        "partitions": dg.MetadataValue.text(
-            partitions[0] if len(partitions) == 1 else f"{len(partitions)}: {partitions[0]} … {partitions[-1]}"
-        ),
-        "dagster/row_count": dg.MetadataValue.int(sum(r.row_count for r in results)),
+        "partitions": dg.MetadataValue.text(result.partition or "none"),
+        "partitions_rewritten": dg.MetadataValue.int(partition_count),
+        "dagster/row_count": dg.MetadataValue.int(result.row_count),
         "dagster/column_schema": dg.MetadataValue.table_schema(dg.TableSchema(columns=columns)),
-        "preview": dg.MetadataValue.md(markdown_table(previews.head(20)) if len(previews) else "(no rows)"),
+        "preview": dg.MetadataValue.md(markdown_table(result.preview) if len(result.preview) else "(no rows)"),
     }
 
 
@@ -37,7 +31,6 @@ def _mart_metadata(results: list[MartResult]) -> dict[str, dg.MetadataValue]:
 # (Dagster labels the parameter beta; we rely only on its documented behaviour.)
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 SINGLE_RUN = dg.BackfillPolicy.single_run()
-PREVIEW_PARTITIONS = 5
 
 
 @dg.asset(
@@ -56,12 +49,12 @@ PREVIEW_PARTITIONS = 5
     ),
 )
 def defect_rates(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Rewrite the run's days of ``marts.defect_rates``, each in one transaction (idempotent)."""
+    """Rewrite the run's days of ``marts.defect_rates`` in one set-based transaction (idempotent)."""
     days = [dt.date.fromisoformat(key) for key in context.partition_keys]
     with warehouse.connect() as conn:
-        results = [rewrite_defect_rates(conn, day) for day in days]
-    context.log.info(f"defect_rates: rewrote {len(results)} days, {sum(r.row_count for r in results)} rows")
-    return dg.MaterializeResult(metadata=_mart_metadata(results))
+        result = rewrite_days(conn, days)
+    context.log.info(f"defect_rates: rewrote {len(days)} days, {result.row_count} rows")
+    return dg.MaterializeResult(metadata=_mart_metadata(result, len(days)))
 
 
 @dg.asset(
@@ -79,12 +72,12 @@ def defect_rates(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     ),
 )
 def lot_quality_scores(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Rewrite the run's lots of ``marts.lot_quality_scores``, each in one transaction (idempotent)."""
+    """Rewrite the run's lots of ``marts.lot_quality_scores`` in one set-based transaction (idempotent)."""
     lot_ids = [lot_id_from_partition_key(key) for key in context.partition_keys]
     with warehouse.connect() as conn:
-        results = [rewrite_lot_quality(conn, lot_id, pass_threshold=warehouse.pass_threshold) for lot_id in lot_ids]
-    context.log.info(f"lot_quality_scores: rewrote {len(results)} lots")
-    return dg.MaterializeResult(metadata=_mart_metadata(results))
+        result = rewrite_lots(conn, lot_ids, pass_threshold=warehouse.pass_threshold)
+    context.log.info(f"lot_quality_scores: rewrote {len(lot_ids)} lots")
+    return dg.MaterializeResult(metadata=_mart_metadata(result, len(lot_ids)))
 
 
 @dg.asset(
@@ -95,18 +88,26 @@ def lot_quality_scores(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     kinds={"duckdb"},
     pool=WRITER_POOL,
     description=(
-        "Read-only copy of the warehouse for analysts (`$CHIPQ_HOME/analytics.duckdb`), written inside "
-        "the writer slot and renamed into place atomically. `chipq sql` queries it."
+        "Read-only view of the warehouse for analysts (`$CHIPQ_HOME/analytics.duckdb`, a link to one of a few "
+        "DuckDB copies): a copy no reader holds is brought up to date with what changed since it was last "
+        "published, then the link is swapped atomically. `chipq sql` queries it."
     ),
 )
 def analyst_snapshot(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Publish the analyst snapshot: a consistent copy, then an atomic rename."""
+    """Publish the analyst snapshot: a free copy brought up to date, then an atomic link swap."""
     with warehouse.connect() as conn:
         published = publish_snapshot(conn, warehouse.analyst_snapshot_path())
-    context.log.info(f"published {published.path} ({published.size_bytes} bytes)")
+    context.log.info(
+        f"published {published.path} → {published.copy} ({published.mode}, up to change {published.change_seq}, "
+        f"{published.seconds:.2f} s)"
+    )
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(published.path)),
+            "copy": dg.MetadataValue.path(str(published.copy)),
+            "mode": dg.MetadataValue.text(published.mode),
+            "change_seq": dg.MetadataValue.int(published.change_seq),
+            "seconds": dg.MetadataValue.float(round(published.seconds, 3)),
             "size_bytes": dg.MetadataValue.int(published.size_bytes),
             "table_rows": dg.MetadataValue.json(published.table_rows),
         }

@@ -36,3 +36,14 @@ COMMENT ON COLUMN ops.rejected_events.raw IS 'Record value bytes as read (or the
 COMMENT ON COLUMN ops.rejected_events.reason IS 'Why it was rejected.';
 COMMENT ON COLUMN ops.rejected_events.rejected_at IS 'When it was rejected.';
 COMMENT ON COLUMN ops.rejected_events.landing_seq IS 'Number of the landing transaction that wrote the row.';
+
+-- Identity of this warehouse file: a snapshot copy made from another one is rebuilt whole.
+CREATE TABLE IF NOT EXISTS ops.warehouse_info (
+    warehouse_id  VARCHAR     NOT NULL,
+    created_at    TIMESTAMPTZ NOT NULL
+);
+INSERT INTO ops.warehouse_info SELECT CAST(uuid() AS VARCHAR), now() WHERE NOT EXISTS (SELECT 1 FROM ops.warehouse_info);
+
+COMMENT ON TABLE ops.warehouse_info IS 'One row: the identity of this warehouse (a rebuilt warehouse gets a new one).';
+COMMENT ON COLUMN ops.warehouse_info.warehouse_id IS 'Random id chosen when the warehouse file was created.';
+COMMENT ON COLUMN ops.warehouse_info.created_at IS 'When the warehouse file was created.';
