@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from chipq_pipelines.definitions import build_defs
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
@@ -264,3 +264,52 @@ def test_a_deleted_warehouse_is_rebuilt_from_kafka(pipeline_env) -> None:
     after = _marts(pipeline_env)
     pd.testing.assert_frame_equal(after[0], before[0])
     pd.testing.assert_frame_equal(after[1], before[1])
+
+
+def test_parallel_decode_lands_chunks_in_order_exactly_once(pipeline_env, monkeypatch) -> None:
+    """Worker processes decode; chunks bounded by bytes land in order; raw and marts are exact."""
+    from chipq_pipelines.defs.ingest.reader import ingest_ranges
+    from chipq_pipelines.ingest import decode
+    from chipq_pipelines.warehouse import connect, ensure_schema, rewrite_all_marts
+
+    monkeypatch.setattr(decode, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setenv(decode.WORKERS_ENV, "2")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    events, duplicates = _messy_stream(11, [f"LOT-P{i}" for i in range(12)], now)
+    _publish(pipeline_env, events[:300])
+    _publish_poison(pipeline_env, POISON)
+    _publish(pipeline_env, events[300:] + duplicates)
+    total = len(events) + len(duplicates) + len(POISON)
+    with connect(pipeline_env.home / "parallel.duckdb") as conn:
+        ensure_schema(conn)
+        consumer = Consumer({"bootstrap.servers": pipeline_env.bootstrap, "group.id": "watermarks"})
+        planned = {
+            p: (0, consumer.get_watermark_offsets(TopicPartition(pipeline_env.inspection_topic, p), timeout=10)[1])
+            for p in range(3)
+        }
+        consumer.close()
+        assert sum(end for _, end in planned.values()) == total
+        # ~300-byte events: the byte bound (16 kB) closes chunks long before the record bound (10,000)
+        summary = ingest_ranges(
+            pipeline_env.kafka_config, conn, pipeline_env.inspection_topic, planned, chunk_bytes=16_000
+        )
+        assert summary.records == total
+        assert summary.chunks >= total * 250 // 16_000
+        assert summary.inserted == len(events)
+        assert summary.duplicates == len(duplicates)
+        assert summary.rejected == len(POISON)
+        ids = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM raw.inspection_events").fetchall()
+        assert ids == [(len(events), len(events))]
+        assert conn.execute("SELECT sum(next_offset) FROM ops.ingested_offsets").fetchall() == [(total,)]
+        rewrite_all_marts(conn)
+        rates = conn.execute(
+            "SELECT event_date, defect_type, chips_inspected, chips_with_defect, defect_count, defect_rate "
+            "FROM marts.defect_rates ORDER BY ALL"
+        ).df()
+        lots = conn.execute(
+            "SELECT lot_id, inspections_completed, chips_inspected, mean_quality_score, min_quality_score, "
+            "defect_count, critical_defects, pass_rate, defect_density FROM marts.lot_quality_scores"
+        ).df()
+    expected_rates, expected_lots = _expected_marts(events)
+    _assert_equal(rates, expected_rates, ["event_date", "defect_type"])
+    _assert_equal(lots, expected_lots, ["lot_id"])

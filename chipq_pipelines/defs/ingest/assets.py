@@ -24,7 +24,9 @@ class IngestConfig(dg.Config):
     """The exact ranges an ingest run reads; planned by the topic's offset sensor."""
 
     ranges: list[OffsetRange]
+    #: A chunk (one landing transaction) ends at this many records or about this many bytes of values.
     chunk_size: int = 10_000
+    chunk_bytes: int = 32 * 1024 * 1024
 
 
 def ingest_metadata(summary: IngestSummary) -> dict[str, dg.MetadataValue]:
@@ -64,6 +66,7 @@ def _ingest(
             topic,
             planned,
             chunk_size=config.chunk_size,
+            chunk_bytes=config.chunk_bytes,
             bounds=LANDING_BOUNDS,
             progress=progress,
             group_id=kafka.pipeline_group,

@@ -14,7 +14,9 @@ import datetime as dt
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import duckdb
@@ -22,10 +24,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from chipq_pipelines.defs.ingest.client_errors import ClientErrors
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.errors import DeserializationError
-from chipq_pipelines.events.serialization import AvroSerializer, latest_reader_decoder
-from chipq_pipelines.warehouse.landing import land_batch, landed_offsets, pending_partitions
-from chipq_pipelines.warehouse.types import KafkaCoordinates, LandingResult, RejectedRecord, ValidationBounds
+from chipq_pipelines.ingest.decode import KafkaRecord, decode_chunk, executor_for
+from chipq_pipelines.warehouse.landing import land_prepared, landed_offsets, pending_partitions
+from chipq_pipelines.warehouse.prepare import PreparedBatch
+from chipq_pipelines.warehouse.types import LandingResult, ValidationBounds
 
 #: The consumer group whose committed offsets mirror what DuckDB has landed.
 PIPELINE_GROUP = "chipq-dagster"
@@ -79,6 +81,7 @@ def ingest_ranges(
     planned: Mapping[int, tuple[int, int]],
     *,
     chunk_size: int = 10_000,
+    chunk_bytes: int = 32 * 1024 * 1024,
     bounds: ValidationBounds | None = None,
     stall_timeout_s: float = 30.0,
     progress: Callable[[IngestSummary], None] | None = None,
@@ -89,6 +92,8 @@ def ingest_ranges(
     The start of each range is re-anchored to the warehouse's landed offset
     (the truth), so a re-planned or retried range is harmless. Records that
     cannot be decoded go to ``ops.rejected_events`` with their bytes and reason.
+    A chunk holds at most ``chunk_size`` records and about ``chunk_bytes`` bytes of
+    values; large runs decode chunks in worker processes (``chipq_pipelines.ingest.decode``).
     """
     summary = IngestSummary(topic=topic, planned=dict(planned))
     landed = landed_offsets(conn, topic)
@@ -119,15 +124,15 @@ def ingest_ranges(
             todo[partition] = (anchored, end)
         summary.read = dict(todo)
         if todo:
-            decoder = latest_reader_decoder(kafka)  # the resource's schema registry, if any
             _read_and_land(
                 consumer,
-                decoder,
+                kafka,  # decoded with the resource's schema registry, if any
                 conn,
                 topic,
                 todo,
                 summary,
                 chunk_size,
+                chunk_bytes,
                 bounds,
                 stall_timeout_s,
                 progress,
@@ -159,52 +164,58 @@ def _low_watermark(consumer: Consumer, topic: str, partition: int, client_errors
 
 def _read_and_land(
     consumer: Consumer,
-    decoder: AvroSerializer,
+    kafka: KafkaConfig,
     conn: duckdb.DuckDBPyConnection,
     topic: str,
     todo: dict[int, tuple[int, int]],
     summary: IngestSummary,
     chunk_size: int,
+    chunk_bytes: int,
     bounds: ValidationBounds | None,
     stall_timeout_s: float,
     progress: Callable[[IngestSummary], None] | None,
     client_errors: ClientErrors,
 ) -> None:
+    """Consume the ranges in chunks (at most ``chunk_size`` records or ``chunk_bytes`` bytes each).
+
+    Chunks are decoded by ``ChunkDecoder``'s workers while the writer lands earlier
+    ones; each lands in order, with its offsets, in one transaction.
+    """
     consumer.assign(
         [TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING) for p, (start, _) in todo.items()]
     )
+    executor, in_flight_max = executor_for(kafka, sum(end - start for start, end in todo.values()))
     chunk_start = {p: start for p, (start, _) in todo.items()}
     next_offset = dict(chunk_start)
     remaining = {p for p, (start, end) in todo.items() if start < end}
-    inspection: list[tuple[dict, KafkaCoordinates]] = []
-    quality: list[tuple[dict, KafkaCoordinates]] = []
-    rejected: list[RejectedRecord] = []
-    pending = 0
+    records: list[KafkaRecord] = []
+    records_bytes = 0
+    in_flight: deque[tuple[dict[int, tuple[int, int]], Future[PreparedBatch]]] = deque()
     last_progress = time.monotonic()
 
-    def land_chunk() -> None:
-        nonlocal inspection, quality, rejected, pending
-        ranges = {p: (chunk_start[p], next_offset[p]) for p in chunk_start if next_offset[p] > chunk_start[p]}
-        if not ranges:
-            return
+    def land_oldest() -> None:
+        ranges, decoded = in_flight.popleft()
+        batch = decoded.result()
         _fault("before_landing")
-        result = land_batch(
-            conn,
-            topic=topic,
-            offset_ranges=ranges,
-            inspection_events=inspection,
-            quality_events=quality,
-            rejected=rejected,
-            bounds=bounds,
-        )
+        result = land_prepared(conn, topic=topic, offset_ranges=ranges, batch=batch)
         summary.add(result)
         _fault("after_landing")
         _commit_to_group(consumer, topic, summary)
-        for p in ranges:
-            chunk_start[p] = next_offset[p]
-        inspection, quality, rejected, pending = [], [], [], 0
         if progress:
             progress(summary)
+
+    def seal_chunk() -> None:
+        nonlocal records, records_bytes
+        ranges = {p: (chunk_start[p], next_offset[p]) for p in chunk_start if next_offset[p] > chunk_start[p]}
+        if not ranges:
+            return
+        ingested_at = dt.datetime.now(dt.UTC)
+        in_flight.append((ranges, executor.submit(decode_chunk, kafka, topic, records, bounds, ingested_at)))
+        for p in ranges:
+            chunk_start[p] = next_offset[p]
+        records, records_bytes = [], 0
+        while len(in_flight) > in_flight_max:
+            land_oldest()
 
     while remaining:
         messages = consumer.consume(num_messages=min(chunk_size, 5000), timeout=1.0)
@@ -227,10 +238,13 @@ def _read_and_land(
                 log.warning("%s", gap)
             next_offset[partition] = offset + 1
             summary.records += 1
-            pending += 1
-            _decode_into(decoder, message, topic, inspection, quality, rejected)
+            value, key = message.value(), message.key()
+            records.append(KafkaRecord(partition, offset, key, message.timestamp()[1], value))
+            records_bytes += len(value or b"") + len(key or b"")
             if offset + 1 >= end:
                 _finish(consumer, topic, partition, end, next_offset, remaining)
+            if len(records) >= chunk_size or records_bytes >= chunk_bytes:
+                seal_chunk()
         if messages:
             last_progress = time.monotonic()
         elif remaining:
@@ -246,8 +260,9 @@ def _read_and_land(
                     f"no records from {topic} for {stall_timeout_s:.0f} s while offsets {stuck} were still due; "
                     "is the broker up? The run can be retried: it re-reads from the landed offsets."
                 )
-        if pending >= chunk_size or (not remaining and (pending or any(next_offset[p] > chunk_start[p] for p in todo))):
-            land_chunk()
+    seal_chunk()
+    while in_flight:
+        land_oldest()
 
 
 def _finish(
@@ -256,30 +271,6 @@ def _finish(
     next_offset[partition] = max(next_offset[partition], end)
     remaining.discard(partition)
     consumer.pause([TopicPartition(topic, partition)])
-
-
-def _decode_into(
-    decoder: AvroSerializer,
-    message,
-    topic: str,
-    inspection: list[tuple[dict, KafkaCoordinates]],
-    quality: list[tuple[dict, KafkaCoordinates]],
-    rejected: list[RejectedRecord],
-) -> None:
-    raw = message.value()
-    key = message.key()
-    partition, offset = message.partition(), message.offset()
-    try:
-        event, ref = decoder.decode(raw)
-    except DeserializationError as exc:
-        rejected.append(RejectedRecord(topic, partition, offset, key, raw or b"", exc.reason))
-        return
-    _, timestamp_ms = message.timestamp()
-    coordinates = KafkaCoordinates(topic, partition, offset, key, timestamp_ms, raw)
-    if ref.name == "quality":
-        quality.append((event, coordinates))
-    else:
-        inspection.append((event, coordinates))
 
 
 def _commit_to_group(consumer: Consumer, topic: str, summary: IngestSummary) -> None:
