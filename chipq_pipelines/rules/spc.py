@@ -227,7 +227,8 @@ class Baseline:
 
         A baseline read back from ``ops.spc_baseline`` carries the centre lines and
         its lot ids; sigma_z is re-derived from those lots (the same frozen lots,
-        against the same frozen centre lines).
+        against the same frozen centre lines). Only they matter: ``points`` may be
+        just the baseline's lots (the outbox reads them by id), never all history.
         """
         if self.values.u_sigma_z is not None and self.values.p_sigma_z is not None:
             return self
@@ -328,7 +329,15 @@ def evaluate_spc(
     rules_version: str,
     judge: set[str] | None = None,
 ) -> list[Violation]:
-    """SPC violations of the lots in ``judge`` (all when None), each against the whole time-ordered series."""
+    """SPC violations of the lots in ``judge`` (all when None), each against the time-ordered series.
+
+    ``points`` need not be the whole series: for each judged lot, the ``LOOKBACK``
+    scored lots before it (or all of them, near the start of history) must be
+    among them, which the changed lots, their ``LOOKBACK`` scored neighbours on
+    either side and ``lots_to_rejudge`` guarantee. A stored baseline's sigma_z
+    comes from its own lots, so pass it through ``with_dispersion`` first when
+    they are not among ``points``.
+    """
     ordered = time_order(points)
     enabled = set(settings.rules)
     baseline = baseline.with_dispersion(ordered)
@@ -399,7 +408,12 @@ def evaluate_spc(
 
 
 def lots_to_rejudge(points: Sequence[LotPoint], changed: set[str]) -> set[str]:
-    """The changed lots plus the ``LOOKBACK`` scored lots after each (their windows include it)."""
+    """The changed lots plus the ``LOOKBACK`` scored lots after each (their windows include it).
+
+    ``points`` may be a part of the series holding, around each changed lot, its
+    ``LOOKBACK`` scored neighbours on either side: its successors there are its
+    successors in the whole series.
+    """
     scored = [p.lot_id for p in time_order(points) if p.mean_score is not None]
     judge = set(changed)
     for index, lot_id in enumerate(scored):

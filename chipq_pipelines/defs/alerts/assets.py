@@ -3,7 +3,7 @@
 import dagster as dg
 import pandas as pd
 
-from chipq_pipelines.defs.alerts.outbox import Evaluation, evaluate_into_outbox, publish_outbox
+from chipq_pipelines.defs.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox, publish_outbox
 from chipq_pipelines.defs.checks.quality import mart_quality_problems
 from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
@@ -51,8 +51,10 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     """Evaluate the rules on changed mart partitions and store new violations in the outbox."""
     rules = load_rules()
     with warehouse.connect() as conn:
-        # The marts' data-quality checks are blocking: never alert from data that fails them.
-        problems = mart_quality_problems(conn)
+        # The marts' data-quality checks are blocking: never alert from data that fails them. Checked on
+        # exactly the lots and days about to be evaluated (rewritten since the last evaluation).
+        lot_ids, days = changed_partitions(conn, rules)
+        problems = mart_quality_problems(conn, lot_ids, days)
         if problems:
             raise dg.Failure(
                 description=f"marts fail their data-quality checks, no alerts evaluated: {problems}",
@@ -73,6 +75,7 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             "new_by_rule": dg.MetadataValue.json(by_rule),
             "violations": dg.MetadataValue.md(_violations_markdown(evaluation)),
             "lots_evaluated": dg.MetadataValue.int(evaluation.lots_evaluated),
+            "lots_read": dg.MetadataValue.int(evaluation.lots_read),
             "days_evaluated": dg.MetadataValue.int(evaluation.days_evaluated),
             "spc_lots_judged": dg.MetadataValue.int(evaluation.spc_lots_judged),
             "spc_baseline": dg.MetadataValue.text(evaluation.baseline_status),

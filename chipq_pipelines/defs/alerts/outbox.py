@@ -25,7 +25,14 @@ from chipq_pipelines.events import builders
 from chipq_pipelines.events.delivery import DeliveryReport
 from chipq_pipelines.rules.evaluate import Violation, evaluate_day, evaluate_lot, lot_in_control
 from chipq_pipelines.rules.loader import RuleSet, SpcBaselineValues
-from chipq_pipelines.rules.spc import Baseline, LotPoint, evaluate_spc, freeze_baseline, lots_to_rejudge
+from chipq_pipelines.rules.spc import (
+    LOOKBACK,
+    Baseline,
+    LotPoint,
+    evaluate_spc,
+    freeze_baseline,
+    lots_to_rejudge,
+)
 from chipq_pipelines.warehouse.schema import load_sql
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,8 @@ class Evaluation:
 
     rules_version: str
     lots_evaluated: int = 0
+    #: lot mart rows read into Python: the changed lots, their SPC neighbours and the baseline's own lots
+    lots_read: int = 0
     days_evaluated: int = 0
     spc_lots_judged: int = 0
     violations_found: int = 0
@@ -92,8 +101,8 @@ def _records(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] 
 
 
 def _state(conn: duckdb.DuckDBPyConnection, name: str) -> tuple[dt.datetime | None, str | None]:
-    row = conn.execute(load_sql("alerts_state_get"), {"name": name}).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+    rows = conn.execute(load_sql("alerts_state_get"), {"name": name}).fetchall()
+    return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
 def _set_state(conn: duckdb.DuckDBPyConnection, name: str, watermark: dt.datetime | None, version: str) -> None:
@@ -121,8 +130,32 @@ def _store_baseline(conn: duckdb.DuckDBPyConnection, baseline: Baseline) -> int:
         "lot_ids": list(baseline.lot_ids),
         "removed_lot_ids": list(baseline.removed_lot_ids),
     }
-    (baseline_id,) = conn.execute(load_sql("alerts_baseline_insert"), params).fetchone() or (0,)
+    ((baseline_id,),) = conn.execute(load_sql("alerts_baseline_insert"), params).fetchall()
     return int(baseline_id)
+
+
+def _since(conn: duckdb.DuckDBPyConnection, name: str, state_version: str) -> dt.datetime | None:
+    """The watermark of ``name`` (lots or days), or None (evaluate everything) under other rules."""
+    since, version = _state(conn, name)
+    return since if version == state_version else None
+
+
+def _state_version(rules: RuleSet) -> str:
+    return f"{rules.version}#{rules.digest}"
+
+
+def changed_partitions(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> tuple[list[str], list[dt.date]]:
+    """The lots and days the next ``evaluate_into_outbox`` evaluates: rewritten since its watermarks.
+
+    Every lot and day after a change of rules file (a full re-evaluation). The alerts asset
+    runs the marts' data-quality checks on exactly these before evaluating.
+    """
+    state_version = _state_version(rules)
+    lot_since = _since(conn, "lots", state_version)
+    day_since = _since(conn, "days", state_version)
+    lot_ids = [row[0] for row in conn.execute(load_sql("alerts_changed_lots"), {"since": lot_since}).fetchall()]
+    days = [row[0] for row in conn.execute(load_sql("alerts_changed_days"), {"since": day_since}).fetchall()]
+    return lot_ids, days
 
 
 def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Evaluation:
@@ -132,31 +165,35 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
     file re-evaluates everything. SPC re-judges each changed lot and the lots
     whose Western Electric windows include it. Idempotent: the same facts give
     the same event ids, which the outbox keeps once.
+
+    Bounded: only the changed lots, their ``LOOKBACK`` scored neighbours on either
+    side (the windows that judge them and that they are part of) and the frozen
+    baseline's own lots are read, so a cycle costs what changed, not what the
+    warehouse holds. Two one-off events read every lot, as they must: a full
+    re-evaluation (new rules file) and the cycle that freezes the first baseline
+    (every lot so far is judged against the limits that did not exist before).
     """
-    state_version = f"{rules.version}#{rules.digest}"
+    state_version = _state_version(rules)
     evaluation = Evaluation(rules_version=rules.version)
     with _transaction(conn):
-        lot_since, lot_version = _state(conn, "lots")
-        day_since, day_version = _state(conn, "days")
-        if lot_version != state_version:
-            lot_since = None
-        if day_version != state_version:
-            day_since = None
+        lot_since = _since(conn, "lots", state_version)
+        day_since = _since(conn, "days", state_version)
         evaluation.full_reevaluation = lot_since is None and day_since is None
-        lots = _records(conn, "alerts_select_lots")
-        changed = [lot for lot in lots if lot_since is None or lot["updated_at"] > lot_since]
+        lots = _records(conn, "alerts_select_lots", {"since": lot_since, "lookback": LOOKBACK})
+        changed = [lot for lot in lots if lot["changed"]]
+        evaluation.lots_read = len(lots)
         violations: list[Violation] = []
         for lot in changed:
             violations += evaluate_lot(rules, lot)
         evaluation.lots_evaluated = len(changed)
-        if rules.spc.enabled and lots:
+        if rules.spc.enabled:
             violations += _evaluate_spc(conn, rules, lots, {str(lot["lot_id"]) for lot in changed}, evaluation)
         days = _records(conn, "alerts_select_days", {"since": day_since})
         violations += evaluate_day(rules, days)
         evaluation.days_evaluated = len({row["event_date"] for row in days})
         evaluation.violations_found = len(violations)
         evaluation.new_violations = _insert(conn, violations)
-        _set_state(conn, "lots", max([lot["updated_at"] for lot in lots], default=lot_since), state_version)
+        _set_state(conn, "lots", max([lot["updated_at"] for lot in changed], default=lot_since), state_version)
         _set_state(conn, "days", max([row["updated_at"] for row in days], default=day_since), state_version)
     return evaluation
 
@@ -164,26 +201,64 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
 def _evaluate_spc(
     conn: duckdb.DuckDBPyConnection, rules: RuleSet, lots: list[dict], changed: set[str], evaluation: Evaluation
 ) -> list[Violation]:
-    points = [LotPoint.from_row(lot) for lot in lots]
+    """SPC on ``lots`` (the changed lots and their neighbours): the changed ones and those whose windows hold them."""
     if rules.spc.baseline is not None:
-        baseline, tag = freeze_baseline(points, rules.spc), "cfg"
+        baseline, tag = freeze_baseline([], rules.spc), "cfg"
     else:
         stored = _stored_baseline(conn)
         if stored is None:
-            by_id = {str(lot["lot_id"]): lot for lot in lots}
-            frozen = freeze_baseline(points, rules.spc, lambda p: lot_in_control(rules, by_id[p.lot_id]))
+            frozen = _freeze_first_baseline(conn, rules)
             if frozen is None:
                 return []
             stored = (_store_baseline(conn, frozen), frozen)
             evaluation.baseline_frozen_now = True
-            changed = {p.lot_id for p in points}  # nothing was judged before the limits existed
+            # Nothing was judged before the limits existed: every lot is, now.
+            lots = _records(conn, "alerts_select_lots", {"since": None, "lookback": LOOKBACK})
+            changed = {str(lot["lot_id"]) for lot in lots}
+            evaluation.lots_read = len(lots)
         evaluation.baseline_id, baseline = stored
         tag = f"b{evaluation.baseline_id}"
     assert baseline is not None
     evaluation.baseline = baseline
+    points = [LotPoint.from_row(lot) for lot in lots]
     judge = lots_to_rejudge(points, changed)
     evaluation.spc_lots_judged = len(judge)
+    if not judge:
+        return []
+    if baseline.values.u_sigma_z is None or baseline.values.p_sigma_z is None:
+        # A stored baseline has no sigma_z: re-derived from the baseline's own lots, read by id.
+        own = _records(conn, "alerts_select_lots_by_id", {"lots": list(baseline.lot_ids)})
+        evaluation.lots_read += len(own)
+        baseline = baseline.with_dispersion([LotPoint.from_row(lot) for lot in own])
     return evaluate_spc(points, baseline, rules.spc, f"{rules.version}+{tag}", judge)
+
+
+def _freeze_first_baseline(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Baseline | None:
+    """``freeze_baseline`` over the earliest lots, read a growing prefix at a time instead of every lot.
+
+    It only ever looks at the first candidates in time order, so a prefix of the
+    lots freezes the same baseline as all of them once it holds enough candidates;
+    None only when the prefix already is every lot.
+    """
+    limit = 2 * rules.spc.baseline_lots
+    while True:
+        first = _records(conn, "alerts_select_first_lots", {"limit": limit})
+        frozen = _freeze(rules, first)
+        if frozen is not None or len(first) < limit:
+            return frozen
+        limit *= 4
+
+
+def _freeze(rules: RuleSet, lots: list[dict]) -> Baseline | None:
+    in_control = {str(lot["lot_id"]) for lot in lots if lot_in_control(rules, lot)}
+    points = [LotPoint.from_row(lot) for lot in lots]
+    return freeze_baseline(points, rules.spc, lambda p: p.lot_id in in_control)
+
+
+def _next_change_seq(conn: duckdb.DuckDBPyConnection) -> int:
+    """A new ``ops.change_seq`` value: stamped on the outbox rows a statement changes (the snapshot copies those)."""
+    ((seq,),) = conn.execute("SELECT nextval('ops.change_seq')").fetchall()
+    return int(seq)
 
 
 def _insert(conn: duckdb.DuckDBPyConnection, violations: Sequence[Violation]) -> list[Violation]:
@@ -202,9 +277,12 @@ def _insert(conn: duckdb.DuckDBPyConnection, violations: Sequence[Violation]) ->
         columns=OUTBOX_COLUMNS,
     )  # fmt: skip
     frame["event_date"] = pd.to_datetime(frame["event_date"]).dt.date
+    change_seq = _next_change_seq(conn)
     conn.register("new_violations", frame)
     try:
-        inserted = {row[0] for row in conn.execute(load_sql("alerts_insert_outbox")).fetchall()}
+        inserted = {
+            row[0] for row in conn.execute(load_sql("alerts_insert_outbox"), {"change_seq": change_seq}).fetchall()
+        }
     finally:
         conn.unregister("new_violations")
     return [v for event_id, v in unique.items() if event_id in inserted]
@@ -271,9 +349,10 @@ def publish_outbox(
         if not rows:
             return publication
         sending = pd.DataFrame({"event_id": [r["event_id"] for r in rows]})
+        change_seq = _next_change_seq(conn)
         conn.register("sending", sending)
         try:
-            conn.execute(load_sql("alerts_count_attempt"))
+            conn.execute(load_sql("alerts_count_attempt"), {"change_seq": change_seq})
         finally:
             conn.unregister("sending")
         publication.sent += len(rows)
@@ -301,9 +380,10 @@ def _mark(conn: duckdb.DuckDBPyConnection, acked: list[tuple[dict[str, Any], Del
             "kafka_offset": [report.offset for _, report in acked],
         }
     )
+    change_seq = _next_change_seq(conn)
     conn.register("acked", frame)
     try:
-        conn.execute(load_sql("alerts_mark_published"))
+        conn.execute(load_sql("alerts_mark_published"), {"change_seq": change_seq})
     finally:
         conn.unregister("acked")
 

@@ -1,26 +1,34 @@
 """Asset checks that prove the flow, and the probe asset that carries the end-to-end ones.
 
 - Data quality (blocking) on both marts: runs in every mart partition run,
-  scoped to that partition; on the whole mart in the scheduled check job.
-- Freshness on both marts: no partition behind its raw rows for longer than allowed.
+  scoped to that run's partitions (one, or the contiguous range it rewrote); in the
+  scheduled check job, to the recent window (``recent_days``), never all history.
+- Freshness on both marts: no partition behind its raw rows for longer than allowed
+  (same scopes).
 - On ``ops/e2e_flow_probe`` (materialized on a schedule, never by catch-up): the
-  canary SLA, Kafka high watermarks vs landed offsets, and raw vs mart counts.
+  canary SLA, Kafka high watermarks vs landed offsets, and raw vs mart counts
+  (the recent window's lots).
 
-Every check's metadata says what it compared and the numbers.
+Every check's metadata says what it compared, over which scope, and the numbers.
 """
 
 import datetime as dt
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from chipq_pipelines.defs.checks import flow
 from chipq_pipelines.defs.checks.quality import (
     DAY_PROBLEMS,
     LOT_PROBLEMS,
-    defect_rate_counts,
-    freshness,
-    lot_quality_counts,
+    RECENT_DAYS,
+    Scope,
+    check_defect_rates,
+    check_lot_quality,
+    day_scope,
+    lot_scope,
+    measure_freshness,
 )
 from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
@@ -28,9 +36,34 @@ from chipq_pipelines.defs.partitions import lot_id_from_partition_key
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
 
 
-def _partition(context: dg.AssetCheckExecutionContext) -> str | None:
-    op_context = context.op_execution_context
-    return op_context.partition_key if op_context.has_partition_key else None
+class RecentWindowConfig(dg.Config):
+    """Which partitions a check covers when its run has none (the scheduled ``flow_checks`` job)."""
+
+    recent_days: int = Field(
+        default=RECENT_DAYS,
+        ge=0,
+        description=(
+            "Unpartitioned runs check the UTC days from today minus this many on (and the lots with rows "
+            "on them), not all history; partitioned runs check exactly their partitions."
+        ),
+    )
+
+
+def _partition_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    """The run's partition keys (one, or every key of its range); None in an unpartitioned run."""
+    if context.has_partition_key or context.has_partition_key_range:
+        return list(context.partition_keys)
+    return None
+
+
+def _lot_ids(context: dg.AssetCheckExecutionContext) -> list[str] | None:
+    keys = _partition_keys(context)
+    return None if keys is None else [lot_id_from_partition_key(key) for key in keys]
+
+
+def _day_scope(context: dg.AssetCheckExecutionContext, recent_days: int) -> Scope:
+    keys = _partition_keys(context)
+    return day_scope(None if keys is None else [dt.date.fromisoformat(key) for key in keys], recent_days)
 
 
 def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: str) -> dg.AssetCheckResult:
@@ -54,17 +87,16 @@ def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: st
     pool=WRITER_POOL,
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
-        "blank lot ids, mean/min score and pass_rate within [0, 1] (the partition's lot, or all lots)."
+        "blank lot ids, mean/min score and pass_rate within [0, 1] (the run's lots, or the recent window's)."
     ),
 )
 def lot_quality_data_quality(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext, config: RecentWindowConfig, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
-    key = _partition(context)
-    lot_id = lot_id_from_partition_key(key) if key else None
     with warehouse.connect() as conn:
-        counts = lot_quality_counts(conn, lot_id)
-    return _quality_result(counts, LOT_PROBLEMS, f"lot {lot_id!r}" if lot_id else "all lots")
+        scope = lot_scope(conn, _lot_ids(context), config.recent_days)
+        counts = check_lot_quality(conn, scope)
+    return _quality_result(counts, LOT_PROBLEMS, scope.label)
 
 
 @dg.asset_check(
@@ -74,28 +106,29 @@ def lot_quality_data_quality(
     pool=WRITER_POOL,
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
-        "blank lot ids, defect_rate within [0, 1] (the partition's day, or all days)."
+        "blank lot ids, defect_rate within [0, 1] (the run's days, or the recent window)."
     ),
 )
 def defect_rates_data_quality(
-    context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
+    context: dg.AssetCheckExecutionContext, config: RecentWindowConfig, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
-    key = _partition(context)
+    scope = _day_scope(context, config.recent_days)
     with warehouse.connect() as conn:
-        counts = defect_rate_counts(conn, dt.date.fromisoformat(key) if key else None)
-    return _quality_result(counts, DAY_PROBLEMS, f"day {key}" if key else "all days")
+        counts = check_defect_rates(conn, scope)
+    return _quality_result(counts, DAY_PROBLEMS, scope.label)
 
 
-class FreshnessConfig(dg.Config):
+class FreshnessConfig(RecentWindowConfig):
     """How long a mart partition may stay behind newly landed raw rows."""
 
     max_lag_seconds: float = 600.0
 
 
-def _freshness_result(measured: dict, config: FreshnessConfig, what: str) -> dg.AssetCheckResult:
+def _freshness_result(measured: dict, config: FreshnessConfig, what: str, scope: Scope) -> dg.AssetCheckResult:
     stale = int(measured["partitions_stale"])
     metadata = {
         "compared": dg.MetadataValue.text(f"newest landed raw row per {what} vs the mart's updated_at"),
+        "scope": dg.MetadataValue.text(scope.label),
         "max_lag_seconds": dg.MetadataValue.float(config.max_lag_seconds),
         "partitions_with_data": dg.MetadataValue.int(int(measured["partitions_with_data"])),
         "partitions_behind": dg.MetadataValue.int(int(measured["partitions_behind"])),
@@ -120,10 +153,10 @@ def _freshness_result(measured: dict, config: FreshnessConfig, what: str) -> dg.
 def lot_quality_freshness(
     context: dg.AssetCheckExecutionContext, config: FreshnessConfig, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
-    key = _partition(context)
     with warehouse.connect() as conn:
-        measured = freshness(conn, "lots", config.max_lag_seconds, lot_id_from_partition_key(key) if key else None)
-    return _freshness_result(measured, config, "lot")
+        scope = lot_scope(conn, _lot_ids(context), config.recent_days)
+        measured = measure_freshness(conn, "lots", config.max_lag_seconds, scope)
+    return _freshness_result(measured, config, "lot", scope)
 
 
 @dg.asset_check(
@@ -135,9 +168,10 @@ def lot_quality_freshness(
 def defect_rates_freshness(
     context: dg.AssetCheckExecutionContext, config: FreshnessConfig, warehouse: WarehouseResource
 ) -> dg.AssetCheckResult:
+    scope = _day_scope(context, config.recent_days)
     with warehouse.connect() as conn:
-        measured = freshness(conn, "days", config.max_lag_seconds, _partition(context))
-    return _freshness_result(measured, config, "day")
+        measured = measure_freshness(conn, "days", config.max_lag_seconds, scope)
+    return _freshness_result(measured, config, "day", scope)
 
 
 # ---------------------------------------------------------------- end to end
@@ -160,7 +194,7 @@ def e2e_flow_probe(
 ) -> dg.MaterializeResult:
     """Publish a canary; the next evaluation of ``canary_within_sla`` verifies it landed."""
     with warehouse.connect() as conn:
-        canary = flow.publish_canary(kafka.config(), kafka.inspection_topic, conn, context.run_id)
+        canary = flow.publish_canary(kafka.config(), kafka.inspection_topic, conn, context.run.run_id)
     context.log.info(f"canary {canary['event_id']} published at offset {canary['kafka_offset']}")
     return dg.MaterializeResult(
         metadata={
@@ -232,7 +266,7 @@ def kafka_offsets_reconciled(
     )
 
 
-class CountsConfig(dg.Config):
+class CountsConfig(RecentWindowConfig):
     """Lots whose newest event landed within this many seconds are in flight and not compared."""
 
     settle_seconds: float = 600.0
@@ -243,16 +277,17 @@ class CountsConfig(dg.Config):
     name="raw_marts_reconciled",
     pool=WRITER_POOL,
     description=(
-        "Per settled lot, distinct completed inspections in raw vs inspections_completed in "
-        "marts.lot_quality_scores (and the totals over all lots)."
+        "Per settled lot of the recent window (lots with rows on the last recent_days UTC days), distinct "
+        "completed inspections in raw vs inspections_completed in marts.lot_quality_scores, and the totals."
     ),
 )
 def raw_marts_reconciled(config: CountsConfig, warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.connect() as conn:
-        counts = flow.raw_vs_lot_mart(conn, config.settle_seconds)
+        counts = flow.raw_vs_lot_mart(conn, config.settle_seconds, config.recent_days)
     mismatched = counts["lots_mismatched"]
     metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items() if isinstance(v, int)}
     metadata["examples"] = dg.MetadataValue.json(counts["examples"])
+    metadata["scope"] = dg.MetadataValue.text(counts["scope"])
     metadata["compared"] = dg.MetadataValue.text(
         "raw completed inspections (distinct per lot) vs sum of inspections_completed over lots"
     )

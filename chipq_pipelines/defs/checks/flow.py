@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 from confluent_kafka import Consumer, TopicPartition
 
+from chipq_pipelines.defs.checks.quality import RECENT_DAYS, lot_scope
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY
@@ -60,9 +61,25 @@ class CanaryVerdict:
     detail: dict[str, Any]
 
 
+def canary_days(published: list[dt.datetime]) -> list[dt.date]:
+    """The UTC days the canaries published at ``published`` have their event times on.
+
+    A canary's event_time is stamped when it is built, just before it is sent; its
+    ``published_at`` when Kafka acknowledged it: the same day, or the day before
+    when the send crossed midnight.
+    """
+    days = {moment.astimezone(dt.UTC).date() - dt.timedelta(days=back) for moment in published for back in (0, 1)}
+    return sorted(days)
+
+
 def judge_canaries(conn: duckdb.DuckDBPyConnection, run_id: str, sla_seconds: float) -> CanaryVerdict:
-    """Verdict on the newest canary published by an earlier run: landed in raw within the SLA, kept out of marts."""
-    relation = conn.execute(load_sql("alerts_check_canaries"), {"run_id": run_id})
+    """Verdict on the newest canary published by an earlier run: landed in raw within the SLA, kept out of marts.
+
+    Raw is read only on the days of the canaries judged (``canary_days``), not all history.
+    """
+    judged = conn.execute(load_sql("alerts_canaries_to_judge"), {"run_id": run_id}).fetchall()
+    days = canary_days([published_at for _, published_at in judged])
+    relation = conn.execute(load_sql("alerts_check_canaries"), {"run_id": run_id, "days": days})
     columns = [d[0] for d in relation.description or []]
     rows = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
     if not rows:
@@ -73,6 +90,7 @@ def judge_canaries(conn: duckdb.DuckDBPyConnection, run_id: str, sla_seconds: fl
         "published_at": newest["published_at"].isoformat(),
         "sla_seconds": sla_seconds,
         "age_seconds": round(float(newest["age_seconds"]), 3),
+        "scope": f"the {len(rows)} newest earlier canaries; raw read on {', '.join(map(str, days))}",
     }
     if any(row["in_marts"] for row in rows):
         return CanaryVerdict(False, "a canary reached a mart row (canaries must be excluded from marts)", detail)
@@ -149,9 +167,17 @@ def _record_age_seconds(consumer: Consumer, topic: str, partition: int, offset: 
     return None
 
 
-def raw_vs_lot_mart(conn: duckdb.DuckDBPyConnection, settle_seconds: float) -> dict[str, Any]:
-    """Completed inspections in raw vs ``inspections_completed`` summed over lots, settled lots only."""
-    relation = conn.execute(load_sql("alerts_check_raw_vs_lots"), {"settle_seconds": settle_seconds})
+def raw_vs_lot_mart(
+    conn: duckdb.DuckDBPyConnection, settle_seconds: float, recent_days: int = RECENT_DAYS
+) -> dict[str, Any]:
+    """Completed inspections in raw vs ``inspections_completed`` summed over lots, settled lots only.
+
+    Over the recent window: the lots with rows on the UTC days from today - ``recent_days``
+    on, each read on all of its days (``quality.lot_scope``); ``scope`` says which.
+    """
+    scope = lot_scope(conn, None, recent_days)
+    params = {"settle_seconds": settle_seconds, "lots": list(scope.lot_ids or ()), "days": list(scope.days)}
+    relation = conn.execute(load_sql("alerts_check_raw_vs_lots"), params)
     columns = [d[0] for d in relation.description or []]
     lots = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
     settled = [lot for lot in lots if not lot["in_flight"]]
@@ -164,4 +190,5 @@ def raw_vs_lot_mart(conn: duckdb.DuckDBPyConnection, settle_seconds: float) -> d
         "mart_inspections_completed": sum(int(lot["mart_inspections"]) for lot in settled),
         "lots_mismatched": len(mismatched),
         "examples": [{k: lot[k] for k in ("lot_id", "raw_inspections", "mart_inspections")} for lot in mismatched[:5]],
+        "scope": scope.label,
     }

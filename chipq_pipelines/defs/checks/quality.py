@@ -1,8 +1,18 @@
-"""Data-quality and freshness measurements of the marts (no Dagster: plain DuckDB queries)."""
+"""Data-quality and freshness measurements of the marts (no Dagster: plain DuckDB queries).
+
+Every measurement covers a bounded ``Scope``, never all of history: the lots or
+days a run rewrote or is about to evaluate, or, when none are given, the recent
+window (the UTC days from today - ``recent_days`` on, and the lots with rows on
+them). Raw rows are read only on the scope's days, passed as a constant list so
+that DuckDB's zone maps skip every other day (``ops.lot_days`` says which days a
+lot has rows on).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -25,39 +35,150 @@ DAY_PROBLEMS = (
     "null_lot_ids",
     "defect_rates_out_of_range",
 )
+#: The recent window of unpartitioned checks: the UTC days from today minus this many on.
+RECENT_DAYS = 2
+#: Event times may lie this many days after today (landing accepts them up to a day ahead).
+FUTURE_DAYS = 1
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a check covers: lots (for ``lot_quality_scores``) or days, and the raw days read for them."""
+
+    days: tuple[dt.date, ...]
+    lot_ids: tuple[str, ...] | None = None
+    label: str = ""
+
+    @property
+    def day_range(self) -> tuple[dt.datetime, dt.datetime] | None:
+        """[first day, last day + 1) as UTC instants, for tables without an event_date column."""
+        if not self.days:
+            return None
+        start = dt.datetime.combine(min(self.days), dt.time(), tzinfo=dt.UTC)
+        return start, dt.datetime.combine(max(self.days) + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def recent_window(recent_days: int = RECENT_DAYS, today: dt.date | None = None) -> list[dt.date]:
+    """The UTC days of the recent window: today - ``recent_days`` up to tomorrow (event times run a day ahead)."""
+    if recent_days < 0:
+        raise ValueError(f"recent_days {recent_days!r} must be >= 0")
+    today = today or dt.datetime.now(dt.UTC).date()
+    first = today - dt.timedelta(days=recent_days)
+    return [first + dt.timedelta(days=n) for n in range(recent_days + 1 + FUTURE_DAYS)]
+
+
+def _span(days: Sequence[dt.date]) -> str:
+    return f"{min(days)}..{max(days)}" if days else "no days"
+
+
+def _column(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> list[Any]:
+    return [row[0] for row in conn.execute(load_sql(name), params).fetchall()]
+
+
+def lot_scope(
+    conn: duckdb.DuckDBPyConnection, lot_ids: Sequence[str] | None = None, recent_days: int = RECENT_DAYS
+) -> Scope:
+    """The lots ``lot_ids`` (None: those with rows in the recent window) and every day they have rows on."""
+    if lot_ids is None:
+        window = recent_window(recent_days)
+        lots = _column(conn, "checks_lots_on_days", {"days": window})
+        label = f"lots on {_span(window)} ({len(lots)} lots)"
+    else:
+        lots = sorted(set(lot_ids))
+        label = f"lot {lots[0]!r}" if len(lots) == 1 else f"{len(lots)} lots"
+        if len(lots) > 1:
+            label += f": {lots[0]!r} … {lots[-1]!r}"
+    days = _column(conn, "lot_days_of_lots", {"lots": lots}) if lots else []
+    return Scope(days=tuple(days), lot_ids=tuple(lots), label=label)
+
+
+def day_scope(days: Sequence[dt.date] | None = None, recent_days: int = RECENT_DAYS) -> Scope:
+    """The UTC days ``days`` (None: the recent window)."""
+    if days is None:
+        window = recent_window(recent_days)
+        return Scope(days=tuple(window), label=f"days {_span(window)} (recent window)")
+    chosen = sorted(set(days))
+    label = f"day {chosen[0]}" if len(chosen) == 1 else f"{len(chosen)} days: {_span(chosen)}"
+    return Scope(days=tuple(chosen), label=label)
 
 
 def _one_row(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> dict[str, Any]:
     relation = conn.execute(load_sql(name), params)
     columns = [d[0] for d in relation.description or []]
-    return dict(zip(columns, relation.fetchone() or (), strict=True))
+    rows = relation.fetchall()
+    return dict(zip(columns, rows[0], strict=True))
 
 
-def lot_quality_counts(conn: duckdb.DuckDBPyConnection, lot_id: str | None = None) -> dict[str, int]:
-    """Rows checked and problems found behind ``marts.lot_quality_scores`` (one lot or all)."""
-    return {k: int(v) for k, v in _one_row(conn, "alerts_check_lot_quality", {"lot_id": lot_id}).items()}
+def check_lot_quality(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str, int]:
+    """Rows checked and problems found behind ``marts.lot_quality_scores`` for the scope's lots."""
+    start, end = scope.day_range or (None, None)
+    params = {"lots": list(scope.lot_ids or ()), "days": list(scope.days), "start": start, "end": end}
+    return {k: int(v) for k, v in _one_row(conn, "alerts_check_lot_quality", params).items()}
 
 
-def defect_rate_counts(conn: duckdb.DuckDBPyConnection, day: dt.date | None = None) -> dict[str, int]:
-    """Rows checked and problems found behind ``marts.defect_rates`` (one day or all)."""
-    return {k: int(v) for k, v in _one_row(conn, "alerts_check_defect_rates", {"event_date": day}).items()}
+def check_defect_rates(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str, int]:
+    """Rows checked and problems found behind ``marts.defect_rates`` for the scope's days."""
+    return {k: int(v) for k, v in _one_row(conn, "alerts_check_defect_rates", {"days": list(scope.days)}).items()}
 
 
-def mart_quality_problems(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Every non-zero problem counter over both marts (empty when the marts are clean)."""
-    lots = lot_quality_counts(conn)
-    days = defect_rate_counts(conn)
+def lot_quality_counts(
+    conn: duckdb.DuckDBPyConnection, lot_ids: Sequence[str] | None = None, *, recent_days: int = RECENT_DAYS
+) -> dict[str, int]:
+    """Rows checked and problems found behind ``marts.lot_quality_scores`` (the lots, or the recent window's)."""
+    return check_lot_quality(conn, lot_scope(conn, lot_ids, recent_days))
+
+
+def defect_rate_counts(
+    conn: duckdb.DuckDBPyConnection, days: Sequence[dt.date] | None = None, *, recent_days: int = RECENT_DAYS
+) -> dict[str, int]:
+    """Rows checked and problems found behind ``marts.defect_rates`` (the days, or the recent window)."""
+    return check_defect_rates(conn, day_scope(days, recent_days))
+
+
+def mart_quality_problems(
+    conn: duckdb.DuckDBPyConnection,
+    lot_ids: Sequence[str] | None = None,
+    days: Sequence[dt.date] | None = None,
+    *,
+    recent_days: int = RECENT_DAYS,
+) -> dict[str, int]:
+    """Every non-zero problem counter over both marts (empty when clean), for the lots and days given.
+
+    None stands for the recent window; an empty list checks nothing of that mart.
+    """
+    lots = lot_quality_counts(conn, lot_ids, recent_days=recent_days)
+    day_counts = defect_rate_counts(conn, days, recent_days=recent_days)
     problems = {f"lot_quality_scores.{k}": lots[k] for k in LOT_PROBLEMS if lots[k]}
-    problems |= {f"defect_rates.{k}": days[k] for k in DAY_PROBLEMS if days[k]}
+    problems |= {f"defect_rates.{k}": day_counts[k] for k in DAY_PROBLEMS if day_counts[k]}
     return problems
 
 
-def freshness(
-    conn: duckdb.DuckDBPyConnection, mart: str, max_lag_seconds: float, partition: str | None = None
+def measure_freshness(
+    conn: duckdb.DuckDBPyConnection, mart: str, max_lag_seconds: float, scope: Scope
 ) -> dict[str, Any]:
-    """How far a mart is behind the raw rows it summarises (``mart``: ``lots`` or ``days``)."""
+    """How far a mart is behind the raw rows it summarises, over the scope (``mart``: ``lots`` or ``days``)."""
+    params: dict[str, Any] = {"days": list(scope.days), "max_lag_seconds": max_lag_seconds}
     if mart == "lots":
-        params: dict[str, Any] = {"lot_id": partition, "max_lag_seconds": max_lag_seconds}
-        return _one_row(conn, "alerts_check_lot_freshness", params)
-    day = dt.date.fromisoformat(partition) if partition else None
-    return _one_row(conn, "alerts_check_day_freshness", {"event_date": day, "max_lag_seconds": max_lag_seconds})
+        return _one_row(conn, "alerts_check_lot_freshness", {**params, "lots": list(scope.lot_ids or ())})
+    if mart == "days":
+        return _one_row(conn, "alerts_check_day_freshness", params)
+    raise ValueError(f"mart must be 'lots' or 'days', not {mart!r}")
+
+
+def freshness(
+    conn: duckdb.DuckDBPyConnection,
+    mart: str,
+    max_lag_seconds: float,
+    partitions: Sequence[str] | None = None,
+    *,
+    recent_days: int = RECENT_DAYS,
+) -> dict[str, Any]:
+    """How far a mart is behind its raw rows: ``partitions`` are lot ids (``lots``) or ISO dates (``days``).
+
+    None stands for the recent window.
+    """
+    if mart == "lots":
+        scope = lot_scope(conn, partitions, recent_days)
+    else:
+        scope = day_scope(None if partitions is None else [dt.date.fromisoformat(p) for p in partitions], recent_days)
+    return measure_freshness(conn, mart, max_lag_seconds, scope)

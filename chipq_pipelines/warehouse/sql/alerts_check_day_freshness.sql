@@ -1,16 +1,20 @@
--- Days with defects whose newest landed completed event is newer than their defect_rates rows,
--- for one day ($event_date) or all; "stale" when that has lasted longer than $max_lag_seconds.
+-- Days in $days with defects whose newest landed completed event is newer than their defect_rates
+-- rows; "stale" when that has lasted longer than $max_lag_seconds.
 -- (A day without defects has no defect_rates rows, so it cannot be behind.)
 WITH landed AS (
     SELECT e.event_date, max(e.ingested_at) AS newest_landed
     FROM raw.inspection_events AS e
+    SEMI JOIN (
+        SELECT event_id FROM raw.defects WHERE event_date = ANY(CAST($days AS DATE[]))
+    ) AS d USING (event_id)
     WHERE e.event_type = 'INSPECTION_COMPLETED' AND NOT e.is_canary
-      AND (CAST($event_date AS DATE) IS NULL OR e.event_date = CAST($event_date AS DATE))
-      AND EXISTS (SELECT 1 FROM raw.defects AS d WHERE d.event_id = e.event_id)
+      AND e.event_date = ANY(CAST($days AS DATE[]))
     GROUP BY e.event_date
 ),
 rewritten AS (
-    SELECT event_date, min(updated_at) AS updated_at FROM marts.defect_rates GROUP BY event_date
+    SELECT event_date, min(updated_at) AS updated_at FROM marts.defect_rates
+    WHERE event_date = ANY(CAST($days AS DATE[]))
+    GROUP BY event_date
 ),
 compared AS (
     SELECT l.event_date, l.newest_landed, r.updated_at,

@@ -1,10 +1,11 @@
--- Lots whose newest landed completed event is newer than their mart row (or that have no row),
--- for one lot ($lot_id) or all; "stale" when that has lasted longer than $max_lag_seconds.
+-- Lots in $lots whose newest landed completed event (read on their days, $days) is newer than
+-- their mart row (or that have no row); "stale" when that has lasted longer than $max_lag_seconds.
 WITH landed AS (
     SELECT batch_id AS lot_id, max(ingested_at) AS newest_landed
     FROM raw.inspection_events
     WHERE event_type = 'INSPECTION_COMPLETED' AND NOT is_canary
-      AND (CAST($lot_id AS VARCHAR) IS NULL OR batch_id = CAST($lot_id AS VARCHAR))
+      AND event_date = ANY(CAST($days AS DATE[]))
+      AND batch_id IN (SELECT unnest(CAST($lots AS VARCHAR[])))
     GROUP BY batch_id
 ),
 compared AS (
