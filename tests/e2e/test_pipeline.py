@@ -313,3 +313,40 @@ def test_parallel_decode_lands_chunks_in_order_exactly_once(pipeline_env, monkey
     expected_rates, expected_lots = _expected_marts(events)
     _assert_equal(rates, expected_rates, ["event_date", "defect_type"])
     _assert_equal(lots, expected_lots, ["lot_id"])
+
+
+def test_a_failing_ingest_worker_fails_the_run_after_landing_what_came_before(pipeline_env, monkeypatch) -> None:
+    """A worker's error reaches the run; the chunks landed before it stay landed with their offsets."""
+    from chipq_pipelines.defs.ingest.reader import ingest_ranges
+    from chipq_pipelines.ingest import decode
+    from chipq_pipelines.warehouse import connect, ensure_schema
+
+    monkeypatch.setattr(decode, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setenv(decode.WORKERS_ENV, "3")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    events, _ = _messy_stream(5, ["LOT-F1", "LOT-F2"], now)
+    _publish(pipeline_env, events)
+    consumer = Consumer({"bootstrap.servers": pipeline_env.bootstrap, "group.id": "watermarks"})
+    high = {
+        p: consumer.get_watermark_offsets(TopicPartition(pipeline_env.inspection_topic, p), timeout=10)[1]
+        for p in range(3)
+    }
+    consumer.close()
+    # partition 0 is planned 5 offsets past its end: its worker waits for them, then gives up
+    planned = {p: (0, end + (5 if p == 0 else 0)) for p, end in high.items()}
+    with connect(pipeline_env.home / "failing.duckdb") as conn:
+        ensure_schema(conn)
+        with pytest.raises(decode.RangeReadError, match="no records"):
+            ingest_ranges(
+                pipeline_env.kafka_config,
+                conn,
+                pipeline_env.inspection_topic,
+                planned,
+                stall_timeout_s=3,
+                chunk_size=20,
+            )
+        landed = dict(conn.execute("SELECT partition, next_offset FROM ops.ingested_offsets").fetchall())
+        rows = conn.execute("SELECT count(*) FROM raw.inspection_events").fetchall()[0][0]
+    # every landed offset is backed by its rows (one row per offset here: no duplicates, no poison)
+    assert rows == sum(landed.values()) > 0
+    assert all(landed[p] <= high[p] for p in landed)

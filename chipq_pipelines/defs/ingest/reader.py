@@ -14,19 +14,22 @@ import datetime as dt
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from chipq_pipelines.defs.ingest.client_errors import ClientErrors
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.ingest.decode import KafkaRecord, decode_chunk, executor_for
+from chipq_pipelines.ingest.client_errors import ClientErrors
+from chipq_pipelines.ingest.decode import (
+    consumer_config,
+    parallel_chunks,
+    read_chunks,
+    worker_count,
+)
 from chipq_pipelines.warehouse.landing import land_prepared, landed_offsets, pending_partitions
-from chipq_pipelines.warehouse.prepare import PreparedBatch
 from chipq_pipelines.warehouse.types import LandingResult, ValidationBounds
 
 #: The consumer group whose committed offsets mirror what DuckDB has landed.
@@ -70,17 +73,13 @@ def _fault(point: str) -> None:
         os._exit(137)
 
 
-class RangeReadError(RuntimeError):
-    """The planned offsets could not be read (broker gone, data deleted)."""
-
-
 def ingest_ranges(
     kafka: KafkaConfig,
     conn: duckdb.DuckDBPyConnection,
     topic: str,
     planned: Mapping[int, tuple[int, int]],
     *,
-    chunk_size: int = 10_000,
+    chunk_size: int = 20_000,
     chunk_bytes: int = 32 * 1024 * 1024,
     bounds: ValidationBounds | None = None,
     stall_timeout_s: float = 30.0,
@@ -98,19 +97,7 @@ def ingest_ranges(
     summary = IngestSummary(topic=topic, planned=dict(planned))
     landed = landed_offsets(conn, topic)
     client_errors = ClientErrors()
-    consumer = Consumer(
-        kafka.librdkafka_config(
-            **{
-                "error_cb": client_errors,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-                "fetch.max.bytes": 52428800,
-            }
-        )
-    )
+    consumer = Consumer(consumer_config(kafka, group_id, client_errors))
     try:
         todo: dict[int, tuple[int, int]] = {}
         for partition, (start, end) in planned.items():
@@ -131,12 +118,13 @@ def ingest_ranges(
                 topic,
                 todo,
                 summary,
-                chunk_size,
-                chunk_bytes,
-                bounds,
-                stall_timeout_s,
                 progress,
                 client_errors,
+                group_id,
+                chunk_size=chunk_size,
+                chunk_bytes=chunk_bytes,
+                bounds=bounds,
+                stall_timeout_s=stall_timeout_s,
             )
         _commit_to_group(consumer, topic, summary)
     finally:
@@ -169,108 +157,33 @@ def _read_and_land(
     topic: str,
     todo: dict[int, tuple[int, int]],
     summary: IngestSummary,
-    chunk_size: int,
-    chunk_bytes: int,
-    bounds: ValidationBounds | None,
-    stall_timeout_s: float,
     progress: Callable[[IngestSummary], None] | None,
     client_errors: ClientErrors,
+    group_id: str,
+    **options: Any,
 ) -> None:
-    """Consume the ranges in chunks (at most ``chunk_size`` records or ``chunk_bytes`` bytes each).
+    """Land the chunks of ``todo`` in order, each with its offsets in one transaction.
 
-    Chunks are decoded by ``ChunkDecoder``'s workers while the writer lands earlier
-    ones; each lands in order, with its offsets, in one transaction.
+    Large runs are read by worker processes, one set of partitions each
+    (``parallel_chunks``); small ones by ``consumer`` in this process.
     """
-    consumer.assign(
-        [TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING) for p, (start, _) in todo.items()]
-    )
-    executor, in_flight_max = executor_for(kafka, sum(end - start for start, end in todo.values()))
-    chunk_start = {p: start for p, (start, _) in todo.items()}
-    next_offset = dict(chunk_start)
-    remaining = {p for p, (start, end) in todo.items() if start < end}
-    records: list[KafkaRecord] = []
-    records_bytes = 0
-    in_flight: deque[tuple[dict[int, tuple[int, int]], Future[PreparedBatch]]] = deque()
-    last_progress = time.monotonic()
-
-    def land_oldest() -> None:
-        ranges, decoded = in_flight.popleft()
-        batch = decoded.result()
+    workers = worker_count(kafka, todo)
+    if workers:
+        chunks = parallel_chunks(kafka, topic, group_id, todo, workers, **options)
+    else:
+        chunks = read_chunks(consumer, kafka, topic, todo, client_errors=client_errors, **options)
+    for chunk in chunks:
+        summary.records += chunk.records
+        for warning in chunk.warnings:
+            summary.warnings.append(warning)
+            log.warning("%s", warning)
         _fault("before_landing")
-        result = land_prepared(conn, topic=topic, offset_ranges=ranges, batch=batch)
+        result = land_prepared(conn, topic=topic, offset_ranges=chunk.ranges, batch=chunk.batch)
         summary.add(result)
         _fault("after_landing")
         _commit_to_group(consumer, topic, summary)
         if progress:
             progress(summary)
-
-    def seal_chunk() -> None:
-        nonlocal records, records_bytes
-        ranges = {p: (chunk_start[p], next_offset[p]) for p in chunk_start if next_offset[p] > chunk_start[p]}
-        if not ranges:
-            return
-        ingested_at = dt.datetime.now(dt.UTC)
-        in_flight.append((ranges, executor.submit(decode_chunk, kafka, topic, records, bounds, ingested_at)))
-        for p in ranges:
-            chunk_start[p] = next_offset[p]
-        records, records_bytes = [], 0
-        while len(in_flight) > in_flight_max:
-            land_oldest()
-
-    while remaining:
-        messages = consumer.consume(num_messages=min(chunk_size, 5000), timeout=1.0)
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise RangeReadError(f"reading {topic}: {error}")
-            partition, offset = message.partition(), message.offset()
-            if partition not in remaining or offset < next_offset[partition]:
-                continue
-            end = todo[partition][1]
-            if offset >= end:
-                _finish(consumer, topic, partition, end, next_offset, remaining)
-                continue
-            if offset > next_offset[partition]:
-                gap = f"partition {partition}: offsets {next_offset[partition]}..{offset - 1} are gone (retention?)"
-                summary.warnings.append(gap)
-                log.warning("%s", gap)
-            next_offset[partition] = offset + 1
-            summary.records += 1
-            value, key = message.value(), message.key()
-            records.append(KafkaRecord(partition, offset, key, message.timestamp()[1], value))
-            records_bytes += len(value or b"") + len(key or b"")
-            if offset + 1 >= end:
-                _finish(consumer, topic, partition, end, next_offset, remaining)
-            if len(records) >= chunk_size or records_bytes >= chunk_bytes:
-                seal_chunk()
-        if messages:
-            last_progress = time.monotonic()
-        elif remaining:
-            client_errors.raise_if_authentication_failed()
-            # Offsets with no record (transaction markers) end a range without a message.
-            for partition in list(remaining):
-                position = consumer.position([TopicPartition(topic, partition)])[0].offset
-                if position >= todo[partition][1]:
-                    _finish(consumer, topic, partition, todo[partition][1], next_offset, remaining)
-            if remaining and time.monotonic() - last_progress > stall_timeout_s:
-                stuck = {p: (next_offset[p], todo[p][1]) for p in remaining}
-                raise RangeReadError(
-                    f"no records from {topic} for {stall_timeout_s:.0f} s while offsets {stuck} were still due; "
-                    "is the broker up? The run can be retried: it re-reads from the landed offsets."
-                )
-    seal_chunk()
-    while in_flight:
-        land_oldest()
-
-
-def _finish(
-    consumer: Consumer, topic: str, partition: int, end: int, next_offset: dict[int, int], remaining: set[int]
-) -> None:
-    next_offset[partition] = max(next_offset[partition], end)
-    remaining.discard(partition)
-    consumer.pause([TopicPartition(topic, partition)])
 
 
 def _commit_to_group(consumer: Consumer, topic: str, summary: IngestSummary) -> None:
