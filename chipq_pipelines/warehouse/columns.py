@@ -10,8 +10,9 @@ import datetime as dt
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from chipq_pipelines.warehouse.types import LandedEvent, RejectedRecord
+from chipq_pipelines.warehouse.types import KafkaCoordinates, LandedEvent, RejectedRecord
 
 CANARY_METADATA_KEY = "chipq_canary"
 
@@ -147,41 +148,65 @@ def _kafka_timestamp(timestamp_ms: int | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(timestamp_ms / 1000, tz=dt.UTC)
 
 
-def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
-    """Arrow tables for ``raw.inspection_events`` and ``raw.defects`` from validated events."""
-    columns: dict[str, list[object]] = {name: [] for name in INSPECTION_SCHEMA.names}
-    defects: dict[str, list[object]] = {name: [] for name in DEFECT_SCHEMA.names}
-    copied = [(name, columns[name]) for name in _INSPECTION_COPIED]
-    for event, coordinates in events:
-        for name, column in copied:
-            column.append(event.get(name))
-        metadata = event.get("metadata") or {}
-        event_defects = event.get("defects") or []
-        columns["correlation_id"].append(event.get("correlation_id", ""))
-        event_date = utc_date(event["event_time"])
-        columns["event_date"].append(event_date)
-        columns["defect_count"].append(len(event_defects))
-        columns["metadata"].append(list(metadata.items()))
-        columns["is_canary"].append(is_canary(metadata))
-        columns["kafka_topic"].append(coordinates.topic)
-        columns["kafka_partition"].append(coordinates.partition)
-        columns["kafka_offset"].append(coordinates.offset)
-        columns["kafka_timestamp"].append(_kafka_timestamp(coordinates.timestamp_ms))
-        columns["ingested_at"].append(ingested_at)
-        for index, defect in enumerate(event_defects):
-            location = defect["location"]
-            defects["event_id"].append(event["event_id"])
-            defects["defect_index"].append(index)
-            defects["defect_type"].append(defect["defect_type"])
-            defects["severity"].append(defect["severity"])
-            defects["confidence"].append(defect["confidence"])
-            defects["x"].append(location["x"])
-            defects["y"].append(location["y"])
-            defects["event_date"].append(event_date)
-    return (
-        pa.Table.from_pydict(columns, schema=INSPECTION_SCHEMA),
-        pa.Table.from_pydict(defects, schema=DEFECT_SCHEMA),
+def _kafka_timestamps(coordinates: Sequence[KafkaCoordinates]) -> pa.Array:
+    millis = pa.array(
+        [c.timestamp_ms if c.timestamp_ms and c.timestamp_ms > 0 else None for c in coordinates], pa.int64()
     )
+    return pc.cast(pc.cast(millis, pa.timestamp("ms", tz="UTC")), _UTC)
+
+
+def _landing_columns(coordinates: Sequence[KafkaCoordinates], ingested_at: dt.datetime) -> dict[str, pa.Array]:
+    rows = len(coordinates)
+    return {
+        "kafka_topic": pa.array([c.topic for c in coordinates], pa.string()),
+        "kafka_partition": pa.array([c.partition for c in coordinates], pa.int32()),
+        "kafka_offset": pa.array([c.offset for c in coordinates], pa.int64()),
+        "kafka_timestamp": _kafka_timestamps(coordinates),
+        "ingested_at": pa.array([ingested_at] * rows, _UTC),
+    }
+
+
+def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables for ``raw.inspection_events`` and ``raw.defects`` from validated events.
+
+    Built column by column (one comprehension each): several times faster than
+    appending field by field per event, and decoding is the bottleneck of ingest.
+    """
+    records = [event for event, _ in events]
+    coordinates = [c for _, c in events]
+    arrays: dict[str, pa.Array] = {
+        name: pa.array([event.get(name) for event in records], INSPECTION_SCHEMA.field(name).type)
+        for name in _INSPECTION_COPIED
+    }
+    metadata = [event.get("metadata") or {} for event in records]
+    event_defects = [event.get("defects") or [] for event in records]
+    arrays["correlation_id"] = pa.array([event.get("correlation_id", "") for event in records], pa.string())
+    event_date = pc.cast(arrays["event_time"], pa.date32())  # UTC instants: the UTC calendar day
+    arrays["event_date"] = event_date
+    arrays["defect_count"] = pa.array([len(d) for d in event_defects], pa.int32())
+    arrays["metadata"] = pa.array([list(m.items()) for m in metadata], _STRING_MAP)
+    arrays["is_canary"] = pa.array([m.get(CANARY_METADATA_KEY) == "true" for m in metadata], pa.bool_())
+    arrays.update(_landing_columns(coordinates, ingested_at))
+    inspections = pa.Table.from_pydict(
+        {name: arrays[name] for name in INSPECTION_SCHEMA.names}, schema=INSPECTION_SCHEMA
+    )
+
+    owner = [row for row, found in enumerate(event_defects) for _ in found]  # event row of each defect
+    flat = [defect for found in event_defects for defect in found]
+    defects = pa.Table.from_pydict(
+        {
+            "event_id": pc.take(arrays["event_id"], pa.array(owner, pa.int64())),
+            "defect_index": pa.array([index for found in event_defects for index in range(len(found))], pa.int32()),
+            "defect_type": pa.array([d["defect_type"] for d in flat], pa.string()),
+            "severity": pa.array([d["severity"] for d in flat], pa.string()),
+            "confidence": pa.array([d["confidence"] for d in flat], pa.float64()),
+            "x": pa.array([d["location"]["x"] for d in flat], pa.float64()),
+            "y": pa.array([d["location"]["y"] for d in flat], pa.float64()),
+            "event_date": pc.take(event_date, pa.array(owner, pa.int64())),
+        },
+        schema=DEFECT_SCHEMA,
+    )
+    return inspections, defects
 
 
 def quality_table(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> pa.Table:

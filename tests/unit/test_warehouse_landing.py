@@ -395,3 +395,30 @@ def test_a_warehouse_of_the_previous_version_is_migrated_once(conn: duckdb.DuckD
     assert sorted(conn.execute("SELECT lot_id FROM ops.lot_days").fetchall()) == [("LOT-0",), ("LOT-1",)]
     ensure_schema(conn)  # and nothing more the next time
     assert count(conn, "ops.lot_days") == 2
+
+
+def test_column_wise_checks_of_decoded_events_match_the_field_by_field_ones() -> None:
+    from chipq_pipelines.warehouse.prepare import prepare_batch
+    from chipq_pipelines.warehouse.samples import defect
+
+    def batch(bad: bool) -> list:
+        events = [inspection_event(batch_id=f"LOT-{i % 3}") for i in range(30)]
+        events.append(dict(events[4]))  # a producer retry
+        if bad:
+            events[2]["quality_score"] = float("nan")
+            events[5]["event_time"] = BASE_TIME.replace(year=1999)
+            events[7]["defects"] = [defect(confidence=1.5)]
+            events[9]["defects"] = [{**defect(), "location": {"x": math.inf, "y": 0.0}}]
+            events.append({**events[2], "quality_score": 0.5})  # a valid repeat of a rejected event id
+        return [(event, at(i % 2, i)) for i, event in enumerate(events)]
+
+    at_landing = BASE_TIME + dt.timedelta(hours=1)
+    for bad in (False, True):
+        events = batch(bad)
+        general = prepare_batch(events, ingested_at=at_landing)
+        checked = prepare_batch(events, ingested_at=at_landing, schema_checked=True)
+        assert checked.inspections.equals(general.inspections)
+        assert checked.defects.equals(general.defects)
+        assert checked.rejects == general.rejects
+        assert checked.in_batch_duplicates == general.in_batch_duplicates
+        assert len(general.rejects) == (4 if bad else 0)
