@@ -46,6 +46,7 @@ _ADDED_COLUMNS = (
     ("raw.defects", "event_date", "DATE", "migrate_defect_dates"),
     ("ops.rejected_events", "landing_seq", "BIGINT", None),
     ("ops.alert_outbox", "change_seq", "BIGINT", None),
+    ("ops.canaries", "change_seq", "BIGINT", None),
 )
 
 

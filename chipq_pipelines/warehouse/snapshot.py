@@ -11,8 +11,10 @@ DuckDB files in ``<snapshot>.d/``. Publishing never touches the file the link po
 2. It brings that copy up to date in ONE transaction with only what changed since
    the copy's own watermark (``ops.snapshot_info.change_seq``): raw rows and rejects
    with a higher ``landing_seq`` (zone maps skip older row groups), the mart
-   partitions rewritten since (``ops.mart_changes``), outbox rows changed since, and
-   the small operational tables whole. Its cost follows the change, not history.
+   partitions rewritten since (``ops.mart_changes``), outbox rows and canaries changed
+   since, and the small operational tables whole. Its cost follows the change, not
+   history. The warehouse's bookkeeping (``ops.lot_days``, ``ops.mart_changes``) is
+   not part of the view.
 3. It checkpoints and detaches the copy, then swaps the link atomically
    (``os.replace`` of a new link). A reader opens the old file or the new one, never
    a half-written one, and keeps the file it opened until it closes it.
@@ -37,7 +39,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from chipq_pipelines.warehouse.schema import connect
+from chipq_pipelines.warehouse.schema import connect, ensure_schema
 
 SNAPSHOT_SCHEMAS = ("raw", "ops", "marts")
 #: Copies kept beside the current one when nobody holds them (more appear only while readers hold them).
@@ -48,12 +50,15 @@ APPENDED = {
     "raw.defects": "landing_seq",
     "raw.quality_events": "landing_seq",
     "ops.rejected_events": "landing_seq",
+    "ops.canaries": "change_seq",
 }
 #: Mart tables: partitions rewritten since the watermark are replaced (mart name, key column, key type).
 MARTS = {
     "marts.defect_rates": ("defect_rates", "event_date", "DATE"),
     "marts.lot_quality_scores": ("lot_quality_scores", "lot_id", "VARCHAR"),
 }
+#: The warehouse's own bookkeeping (one row per lot or lot-day): not part of the analysts' view.
+INTERNAL = ("ops.lot_days", "ops.mart_changes")
 #: Mutable tables numbered by ``change_seq``: rows changed since the watermark are replaced (key column).
 CHANGED_ROWS = {"ops.alert_outbox": "event_id"}
 INFO_TABLE = "snapshot_info"
@@ -199,6 +204,8 @@ def _drop_copy_objects(conn: duckdb.DuckDBPyConnection, alias: str) -> None:
 def _fill_whole(conn: duckdb.DuckDBPyConnection, catalog: str, alias: str) -> None:
     _drop_copy_objects(conn, alias)
     conn.execute(f"COPY FROM DATABASE {_sql_identifier(catalog)} TO {alias}")
+    for table in INTERNAL:
+        conn.execute(f"DROP TABLE IF EXISTS {_qualified(alias, table)}")
 
 
 def _bring_up_to_date(conn: duckdb.DuckDBPyConnection, catalog: str, alias: str, since: int) -> None:
@@ -206,6 +213,8 @@ def _bring_up_to_date(conn: duckdb.DuckDBPyConnection, catalog: str, alias: str,
     params = {"since": since}
     for table in _warehouse_tables(conn, catalog):
         source, target = _qualified(catalog, table), _qualified(alias, table)
+        if table in INTERNAL:
+            continue
         if table in APPENDED:
             seq = APPENDED[table]
             conn.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {source} WHERE {seq} > $since", params)
@@ -295,8 +304,8 @@ def _prune(conn: duckdb.DuckDBPyConnection, directory: Path, keep: set[Path]) ->
 def publish_snapshot(source: duckdb.DuckDBPyConnection | str | Path, snapshot_path: str | Path) -> PublishedSnapshot:
     """Publish the analysts' view at ``snapshot_path``: a copy brought up to date, then an atomic link swap.
 
-    ``source`` is the writer's open connection (inside the ``duckdb_writer`` slot) or
-    the warehouse file's path (opened, used and closed here).
+    ``source`` is the writer's open connection (inside the ``duckdb_writer`` slot, schema
+    ensured) or the warehouse file's path (opened, schema ensured, used and closed here).
     """
     started = time.monotonic()
     snapshot_path = Path(os.path.abspath(snapshot_path))
@@ -305,6 +314,8 @@ def publish_snapshot(source: duckdb.DuckDBPyConnection | str | Path, snapshot_pa
     _clean_leftovers(snapshot_path, directory)
     owns_connection = not isinstance(source, duckdb.DuckDBPyConnection)
     conn = source if isinstance(source, duckdb.DuckDBPyConnection) else connect(source)
+    if owns_connection:
+        ensure_schema(conn)  # a warehouse written by an earlier chipq gains its change numbers first
     alias = f"chipq_snapshot_{uuid.uuid4().hex[:12]}"
     try:
         ((catalog,),) = conn.execute("SELECT current_database()").fetchall()

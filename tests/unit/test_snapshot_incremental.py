@@ -21,7 +21,7 @@ from chipq_pipelines.warehouse import (
 )
 from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots
 from chipq_pipelines.warehouse.samples import INSPECTION_TOPIC, at, inspection_event
-from chipq_pipelines.warehouse.snapshot import INFO_TABLE, KEPT_COPIES, copies_dir
+from chipq_pipelines.warehouse.snapshot import INFO_TABLE, INTERNAL, KEPT_COPIES, copies_dir
 
 
 @pytest.fixture
@@ -45,14 +45,21 @@ def land_events(conn: duckdb.DuckDBPyConnection, events: list[dict[str, object]]
 
 
 def differences(conn: duckdb.DuckDBPyConnection, snapshot: Path) -> dict[str, int]:
-    """Rows that differ (both ways) between the warehouse and the snapshot, per table (empty = identical)."""
+    """Rows that differ (both ways) between the warehouse and the snapshot, per table (empty = identical).
+
+    The warehouse's bookkeeping tables must not be in the snapshot at all.
+    """
     tables = [
         f"{schema}.{name}"
         for schema, name in conn.execute(
             "SELECT schema_name, table_name FROM duckdb_tables() "
             "WHERE database_name = current_database() AND schema_name IN ('raw', 'ops', 'marts')"
         ).fetchall()
+        if f"{schema}.{name}" not in INTERNAL
     ]
+    for table in INTERNAL:
+        with pytest.raises(duckdb.CatalogException):
+            query_snapshot(snapshot, f"SELECT 1 FROM {table}")
     conn.execute(f"ATTACH '{snapshot}' AS snap (READ_ONLY)")
     try:
         out = {}

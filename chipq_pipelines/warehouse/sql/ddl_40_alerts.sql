@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS ops.canaries (
     published_at  TIMESTAMPTZ NOT NULL,
     kafka_partition INTEGER   NOT NULL,
     kafka_offset  BIGINT      NOT NULL,
-    run_id        VARCHAR     NOT NULL
+    run_id        VARCHAR     NOT NULL,
+    change_seq    BIGINT
 );
 
 COMMENT ON TABLE ops.canaries IS 'End-to-end canary inspection events published by the e2e_canary asset (metadata chipq_canary = true).';
@@ -119,6 +120,7 @@ COMMENT ON COLUMN ops.canaries.published_at IS 'When Kafka acknowledged the cana
 COMMENT ON COLUMN ops.canaries.kafka_partition IS 'Partition of the inspection topic it went to.';
 COMMENT ON COLUMN ops.canaries.kafka_offset IS 'Its offset.';
 COMMENT ON COLUMN ops.canaries.run_id IS 'The Dagster run that published it (that run''s check judges the previous canary).';
+COMMENT ON COLUMN ops.canaries.change_seq IS 'ops.change_seq when the canary was recorded (the analysts'' view copies newer ones).';
 
 COMMENT ON COLUMN ops.alerts.detected_at IS 'When the violation was found.';
 COMMENT ON COLUMN ops.alerts.alert_level IS 'WARNING or CRITICAL.';
