@@ -36,8 +36,9 @@ class KafkaResource(dg.ConfigurableResource):
     quality_topic: str = QUALITY_TOPIC
     #: The group whose committed offsets mirror what the warehouse has landed.
     pipeline_group: str = PIPELINE_GROUP
-    #: Records one ingest run reads at most (all partitions together).
-    max_records_per_run: int = 250_000
+    #: Records one ingest run reads at most (all partitions together). A run's memory does not
+    #: grow with it (chunks are bounded by records and bytes); a smaller cap means more runs.
+    max_records_per_run: int = 1_000_000
 
     def config(self) -> KafkaConfig:
         return KafkaConfig(

@@ -91,7 +91,9 @@ def _replayed_partitions(
     return frozenset(replayed)
 
 
-def _already_landed(conn: duckdb.DuckDBPyConnection, sql_name: str, table: pa.Table) -> set[str]:
+def _already_landed(
+    conn: duckdb.DuckDBPyConnection, sql_name: str, table: pa.Table, event_days: pa.ChunkedArray
+) -> set[str]:
     """Event ids of ``table`` already in raw, looked up only on the UTC days of the batch's event times.
 
     A producer's retry carries the same event_time, hence the same day: limiting the
@@ -99,7 +101,7 @@ def _already_landed(conn: duckdb.DuckDBPyConnection, sql_name: str, table: pa.Ta
     """
     if table.num_rows == 0:
         return set()
-    days = pc.unique(pc.cast(table["event_time"], pa.date32())).to_pylist()
+    days = pc.unique(event_days).to_pylist()
     landing_ids = pa.table({"event_id": table["event_id"]})
     conn.register("landing_event_ids", landing_ids)
     try:
@@ -192,8 +194,9 @@ def _land_in_transaction(
     qualities = _without(batch.qualities, "kafka_partition", set(replayed))
     rejects = [record for record in batch.rejects if record.partition not in replayed]
 
-    landed_inspections = _already_landed(conn, "existing_inspection_event_ids", inspections)
-    landed_qualities = _already_landed(conn, "existing_quality_event_ids", qualities)
+    landed_inspections = _already_landed(conn, "existing_inspection_event_ids", inspections, inspections["event_date"])
+    quality_days = pc.cast(qualities["event_time"], pa.date32())  # its event_date column is a DAY event's subject
+    landed_qualities = _already_landed(conn, "existing_quality_event_ids", qualities, quality_days)
     inspections = _without(inspections, "event_id", landed_inspections)
     qualities = _without(qualities, "event_id", landed_qualities)
     defects = batch.defects

@@ -25,7 +25,7 @@ class IngestConfig(dg.Config):
 
     ranges: list[OffsetRange]
     #: A chunk (one landing transaction) ends at this many records or about this many bytes of values.
-    chunk_size: int = 20_000
+    chunk_size: int = 50_000
     chunk_bytes: int = 32 * 1024 * 1024
 
 

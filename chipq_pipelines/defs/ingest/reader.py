@@ -79,7 +79,7 @@ def ingest_ranges(
     topic: str,
     planned: Mapping[int, tuple[int, int]],
     *,
-    chunk_size: int = 20_000,
+    chunk_size: int = 50_000,
     chunk_bytes: int = 32 * 1024 * 1024,
     bounds: ValidationBounds | None = None,
     stall_timeout_s: float = 30.0,
