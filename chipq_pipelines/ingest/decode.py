@@ -22,6 +22,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -252,6 +253,18 @@ def _split(todo: Mapping[int, tuple[int, int]], workers: int) -> list[dict[int, 
     return [share for share in shares if share]
 
 
+def _put(out: Any, item: tuple[str, int, Any]) -> None:
+    """Send ``item`` to the writer; exit if the writer is gone (killed: nobody will ever read it)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            out.put(item, timeout=1.0)
+            return
+        except queue.Full:
+            if parent is not None and not parent.is_alive():
+                os._exit(1)
+
+
 def _worker(
     worker_id: int,
     out: Any,
@@ -266,13 +279,14 @@ def _worker(
     consumer = Consumer(consumer_config(kafka, group_id, client_errors))
     try:
         for chunk in read_chunks(consumer, kafka, topic, todo, client_errors=client_errors, **options):
-            out.put(("chunk", worker_id, chunk))
-        out.put(("done", worker_id, None))
+            _put(out, ("chunk", worker_id, chunk))
+        _put(out, ("done", worker_id, None))
     except BaseException as exc:
         try:
-            out.put(("error", worker_id, exc))
+            pickle.dumps(exc)
         except Exception:  # an exception that does not pickle still says what happened
-            out.put(("error", worker_id, RangeReadError(f"{type(exc).__name__}: {exc}")))
+            exc = RangeReadError(f"{type(exc).__name__}: {exc}")
+        _put(out, ("error", worker_id, exc))
     finally:
         consumer.close()
 
