@@ -34,8 +34,7 @@ One cycle, each step timed on its own (wall clock), in this order:
   of today;
 * alerts: ``evaluate_into_outbox`` with the shipped rules;
 * checks: ``lot_quality_counts``, ``defect_rate_counts`` and ``freshness`` (lots
-  and days) for that lot and day (one-partition signature if the list one has
-  not landed yet; the output says so);
+  and days) for that lot and day, what the mart runs' asset checks measure;
 * publish: ``publish_snapshot`` to the snapshot path.
 
 Each size is built in one child process and measured in another (``spawn``), both
@@ -49,7 +48,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gc
-import inspect
 import math
 import multiprocessing
 import os
@@ -283,41 +281,17 @@ def build(size: int, path: str, events_per_day: int, defects_per_event: float, m
 # ------------------------------------------------------------------ one cycle
 
 
-def takes_list(func: Callable[..., Any], position: int) -> bool:
-    """Whether parameter ``position`` of ``func`` is a collection of partitions (the new signature)."""
-    parameter = list(inspect.signature(func).parameters.values())[position]
-    annotation = str(parameter.annotation)
-    return parameter.name.endswith("s") or any(t in annotation for t in ("Sequence", "list", "Iterable", "Collection"))
-
-
-def checks_call(conn: Any, lot: str, day: dt.date) -> tuple[Callable[[], None], str | None]:
-    """The cycle's checks as one callable, and a note when a check still takes a single partition."""
+def checks_call(conn: Any, lot: str, day: dt.date) -> Callable[[], None]:
+    """The asset checks of a cycle (data quality and freshness of its lot and day) as one callable."""
     from chipq_pipelines.defs.checks import quality
 
-    single = [
-        name
-        for name, func, position in (
-            ("lot_quality_counts", quality.lot_quality_counts, 1),
-            ("defect_rate_counts", quality.defect_rate_counts, 1),
-            ("freshness", quality.freshness, 3),
-        )
-        if not takes_list(func, position)
-    ]
-
     def run() -> None:
-        quality.lot_quality_counts(conn, [lot] if "lot_quality_counts" not in single else lot)
-        quality.defect_rate_counts(conn, [day] if "defect_rate_counts" not in single else day)
-        if "freshness" in single:
-            quality.freshness(conn, "lots", MAX_LAG_SECONDS, lot)
-            quality.freshness(conn, "days", MAX_LAG_SECONDS, day.isoformat())
-        else:
-            quality.freshness(conn, "lots", MAX_LAG_SECONDS, [lot])
-            quality.freshness(conn, "days", MAX_LAG_SECONDS, [day.isoformat()])
+        quality.lot_quality_counts(conn, [lot])
+        quality.defect_rate_counts(conn, [day])
+        quality.freshness(conn, "lots", MAX_LAG_SECONDS, [lot])
+        quality.freshness(conn, "days", MAX_LAG_SECONDS, [day.isoformat()])
 
-    note = None
-    if single:
-        note = f"checks: {', '.join(single)} still take(s) one partition: measured with the single-partition call"
-    return run, note
+    return run
 
 
 def make_batch(conn: Any, cycle: int, day: dt.date, lots: list[str]) -> tuple[list[tuple[dict, Any]], dict]:
@@ -425,13 +399,12 @@ def measure(size: int, path: str, cycles: int, memory_limit: str, threads: int) 
     failures: dict[str, list[str]] = {step: [] for step in STEPS}
     landed: list[tuple[int, int]] = []
     run_checks: Callable[[], None] | None = None
-    note = None
     for cycle in range(cycles):
         records, ranges = make_batch(conn, cycle, today, lots)
         lot = Counter(e["batch_id"] for e, _ in records if e["event_type"] == "INSPECTION_COMPLETED").most_common(1)
         lot_id = lot[0][0]
         if run_checks is None:
-            run_checks, note = checks_call(conn, lot_id, today)
+            run_checks = checks_call(conn, lot_id, today)
         gc.collect()
         result = timed(samples["land"], land_batch, conn, topic=TOPIC, offset_ranges=ranges, inspection_events=records)
         landed.append((result.inserted_inspection_events, result.duplicates))
@@ -447,7 +420,6 @@ def measure(size: int, path: str, cycles: int, memory_limit: str, threads: int) 
         "failures": {step: sorted(set(errors)) for step, errors in failures.items() if errors},
         "landed": landed,
         "today": today,
-        "checks_note": note,
         "rss_mb": peak_rss_mb(),
     }
 
@@ -513,8 +485,6 @@ def report(args: argparse.Namespace, built: dict[int, dict], measured: dict[int,
     for size in args.sizes:
         for step, errors in measured[size]["failures"].items():
             lines += [f"FAILED {label(size)} {step}: {error}" for error in errors]
-    notes = {m["checks_note"] for m in measured.values() if m["checks_note"]}
-    lines += [f"NOTE {note}" for note in sorted(notes)]
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     lines.append(
         f"peak RSS: measuring processes max {max(m['rss_mb'] for m in measured.values()):.0f} MB, "
