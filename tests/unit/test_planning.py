@@ -32,6 +32,15 @@ def test_range_requests_group_contiguous_touched_partitions() -> None:
     assert _range_requests("job", order, set(), tag=None) == []
 
 
+def test_range_requests_merge_blocks_separated_by_small_gaps() -> None:
+    order = [f"k{i:02d}" for i in range(30)]
+    touched = {"k01", "k02", "k05", "k20"}
+    merged, far = _range_requests("job", order, touched, tag=1, merge_gap=3)
+    assert (merged.tags[ASSET_PARTITION_RANGE_START_TAG], merged.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("k01", "k05")
+    assert far.partition_key == "k20"
+    assert len(_range_requests("job", order, touched, tag=1)) == 3  # no merging by default
+
+
 @pytest.mark.parametrize(
     "lot_id",
     ["LOT-1", "LOT/slash/ü", "LOT-'quoted'", "LOT...dots", "tab\tlot", " padded ", "a,b", "lot~b64~x", "", "x" * 300],
