@@ -10,6 +10,7 @@ neither loses nor duplicates an event.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -172,18 +173,20 @@ def _read_and_land(
         chunks = parallel_chunks(kafka, topic, group_id, todo, workers, **options)
     else:
         chunks = read_chunks(consumer, kafka, topic, todo, client_errors=client_errors, **options)
-    for chunk in chunks:
-        summary.records += chunk.records
-        for warning in chunk.warnings:
-            summary.warnings.append(warning)
-            log.warning("%s", warning)
-        _fault("before_landing")
-        result = land_prepared(conn, topic=topic, offset_ranges=chunk.ranges, batch=chunk.batch)
-        summary.add(result)
-        _fault("after_landing")
-        _commit_to_group(consumer, topic, summary)
-        if progress:
-            progress(summary)
+    # closing: a landing error stops the workers now, not when the traceback is collected
+    with contextlib.closing(chunks):
+        for chunk in chunks:
+            summary.records += chunk.records
+            for warning in chunk.warnings:
+                summary.warnings.append(warning)
+                log.warning("%s", warning)
+            _fault("before_landing")
+            result = land_prepared(conn, topic=topic, offset_ranges=chunk.ranges, batch=chunk.batch)
+            summary.add(result)
+            _fault("after_landing")
+            _commit_to_group(consumer, topic, summary)
+            if progress:
+                progress(summary)
 
 
 def _commit_to_group(consumer: Consumer, topic: str, summary: IngestSummary) -> None:
