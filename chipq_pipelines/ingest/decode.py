@@ -18,7 +18,6 @@ point with ``if __name__ == "__main__":``, as ``multiprocessing`` requires.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import DeserializationError
 from chipq_pipelines.events.serialization import latest_reader_decoder
+from chipq_pipelines.gc_pause import cyclic_gc_paused
 from chipq_pipelines.ingest.client_errors import ClientErrors
 from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
 from chipq_pipelines.warehouse.types import KafkaCoordinates, LandedEvent, RejectedRecord, ValidationBounds
@@ -86,38 +86,21 @@ def decode_chunk(
     bounds: ValidationBounds | None,
     ingested_at: dt.datetime,
 ) -> PreparedBatch:
-    """Decode, validate and shape one chunk's records."""
-    # Tens of thousands of small dicts and no reference cycles: the cyclic collector would
-    # only re-scan them, again and again (it more than doubled the cost per record).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _decode_chunk(kafka, topic, records, bounds, ingested_at)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _decode_chunk(
-    kafka: KafkaConfig,
-    topic: str,
-    records: Sequence[KafkaRecord],
-    bounds: ValidationBounds | None,
-    ingested_at: dt.datetime,
-) -> PreparedBatch:
-    decoder = latest_reader_decoder(kafka)
-    inspection: list[LandedEvent] = []
-    quality: list[LandedEvent] = []
-    rejected: list[RejectedRecord] = []
-    for partition, offset, key, timestamp_ms, raw in records:
-        try:
-            event, ref = decoder.decode(raw)
-        except DeserializationError as exc:
-            rejected.append(RejectedRecord(topic, partition, offset, key, raw or b"", exc.reason))
-            continue
-        coordinates = KafkaCoordinates(topic, partition, offset, key, timestamp_ms, raw)
-        (quality if ref.name == "quality" else inspection).append((event, coordinates))
-    return prepare_batch(inspection, quality, rejected, bounds=bounds, ingested_at=ingested_at, schema_checked=True)
+    """Decode, validate and shape one chunk's records (the cyclic GC paused: no cycles, many dicts)."""
+    with cyclic_gc_paused():
+        decoder = latest_reader_decoder(kafka)
+        inspection: list[LandedEvent] = []
+        quality: list[LandedEvent] = []
+        rejected: list[RejectedRecord] = []
+        for partition, offset, key, timestamp_ms, raw in records:
+            try:
+                event, ref = decoder.decode(raw)
+            except DeserializationError as exc:
+                rejected.append(RejectedRecord(topic, partition, offset, key, raw or b"", exc.reason))
+                continue
+            coordinates = KafkaCoordinates(topic, partition, offset, key, timestamp_ms, raw)
+            (quality if ref.name == "quality" else inspection).append((event, coordinates))
+        return prepare_batch(inspection, quality, rejected, bounds=bounds, ingested_at=ingested_at, schema_checked=True)
 
 
 def _finish(

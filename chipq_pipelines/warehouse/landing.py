@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from chipq_pipelines.warehouse import columns
+from chipq_pipelines.warehouse.marts import DAY_MART, LOT_MART
 from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
-from chipq_pipelines.warehouse.schema import load_sql
+from chipq_pipelines.warehouse.schema import load_sql, transaction
 from chipq_pipelines.warehouse.types import (
     Event,
     KafkaCoordinates,
@@ -28,15 +29,12 @@ class StaleOffsetRangeError(RuntimeError):
     """
 
 
-LOT_MART = "lot_quality_scores"
-
-
 def pending_partitions(conn: duckdb.DuckDBPyConnection) -> tuple[set[dt.date], set[str]]:
     """Days and lots with landed rows that their mart has not been rewritten with yet."""
     days: set[dt.date] = set()
     lots: set[str] = set()
     for mart, key in conn.execute(load_sql("pending_select")).fetchall():
-        if mart == "defect_rates":
+        if mart == DAY_MART:
             days.add(dt.date.fromisoformat(key))
         else:
             lots.add(key)
@@ -173,14 +171,8 @@ def land_prepared(
 ) -> LandingResult:
     """Land a batch made by ``prepare_batch`` (possibly in another process): ``land_batch``'s DuckDB half."""
     _check_ranges(topic, offset_ranges, batch)
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        result = _land_in_transaction(conn, topic, offset_ranges, batch)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return result
+    with transaction(conn):
+        return _land_in_transaction(conn, topic, offset_ranges, batch)
 
 
 def _land_in_transaction(
@@ -225,7 +217,7 @@ def _land_in_transaction(
     touched_dates = frozenset(pc.unique(completed["event_date"]).to_pylist())
     touched_lots = frozenset(pc.unique(completed["batch_id"]).to_pylist())
     for mart, keys in (
-        ("defect_rates", sorted(d.isoformat() for d in touched_dates)),
+        (DAY_MART, sorted(d.isoformat() for d in touched_dates)),
         (LOT_MART, sorted(touched_lots)),
     ):
         if keys:

@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from chipq_pipelines.warehouse.schema import load_sql
+from chipq_pipelines.warehouse.schema import load_sql, transaction
 from chipq_pipelines.warehouse.types import MartResult
 
 DEFAULT_PASS_THRESHOLD = 0.85
@@ -48,15 +48,10 @@ def rewrite_days(conn: duckdb.DuckDBPyConnection, days: Iterable[dt.date]) -> Ma
         return MartResult(table="marts.defect_rates", partition=None, row_count=0, preview=_empty_preview(conn))
     params = {"days": day_list}
     keys = [d.isoformat() for d in day_list]
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(load_sql("defect_rates_delete"), params)
         conn.execute(load_sql("defect_rates_insert"), params)
         _finish(conn, DAY_MART, keys)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     ((row_count,),) = conn.execute(load_sql("defect_rates_count"), params).fetchall()
     preview = conn.execute(load_sql("defect_rates_preview"), {**params, "limit": PREVIEW_ROWS}).df()
     return MartResult("marts.defect_rates", _label(keys, "days"), int(row_count), preview)
@@ -74,17 +69,12 @@ def rewrite_lots(
     _check_threshold(pass_threshold)
     keys = sorted(set(lot_ids))
     lots: dict[str, Any] = {"lots": keys}
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         days = [row[0] for row in conn.execute(load_sql("lot_days_of_lots"), lots).fetchall()]
         conn.execute(load_sql("lot_quality_delete"), lots)
         conn.execute(load_sql("lot_quality_insert"), {**lots, "days": days, "pass_threshold": pass_threshold})
         if keys:
             _finish(conn, LOT_MART, keys)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     ((row_count,),) = conn.execute(load_sql("lot_quality_count"), lots).fetchall()
     preview = conn.execute(load_sql("lot_quality_preview"), {**lots, "limit": PREVIEW_ROWS}).df()
     return MartResult("marts.lot_quality_scores", _label(keys, "lots") if keys else None, int(row_count), preview)

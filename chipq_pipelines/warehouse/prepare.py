@@ -39,12 +39,6 @@ class PreparedBatch:
     in_batch_duplicates: int = 0
     ingested_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
-    @property
-    def nbytes(self) -> int:
-        """Arrow bytes held (the rejects' raw bytes included)."""
-        rejected = sum(len(r.raw) + len(r.key or b"") for r in self.rejects)
-        return int(self.inspections.nbytes + self.defects.nbytes + self.qualities.nbytes + rejected)
-
 
 def _validated(
     events: Sequence[LandedEvent],

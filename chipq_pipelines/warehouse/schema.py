@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -72,17 +74,24 @@ def _migrate(conn: duckdb.DuckDBPyConnection) -> list[str]:
     return []
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One DuckDB transaction for the block: committed at its end, rolled back on any error."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the raw, ops and marts schemas, tables, comments and views if missing (idempotent).
 
     A warehouse written by an earlier version gets the columns added since (and their values) first.
     """
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         after_ddl = _migrate(conn)
         for name in [*_ddl_names(), *after_ddl]:
             conn.execute(load_sql(name))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise

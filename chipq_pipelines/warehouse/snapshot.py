@@ -39,7 +39,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from chipq_pipelines.warehouse.schema import connect, ensure_schema
+from chipq_pipelines.warehouse.schema import connect, ensure_schema, transaction
 
 SNAPSHOT_SCHEMAS = ("raw", "ops", "marts")
 #: Copies kept beside the current one when nobody holds them (more appear only while readers hold them).
@@ -332,8 +332,7 @@ def publish_snapshot(source: duckdb.DuckDBPyConnection | str | Path, snapshot_pa
             if not _attach(conn, copy, alias):
                 raise RuntimeError(f"{copy} is locked by another process although chipq just created it")
         try:
-            conn.execute("BEGIN TRANSACTION")
-            try:
+            with transaction(conn):
                 warehouse_id = _warehouse_id(conn)
                 fingerprint = _fingerprint(conn, catalog)
                 change_seq = _change_seq(conn)
@@ -345,10 +344,6 @@ def publish_snapshot(source: duckdb.DuckDBPyConnection | str | Path, snapshot_pa
                     _bring_up_to_date(conn, catalog, alias, recorded[2])
                 _record_info(conn, alias, warehouse_id, fingerprint, change_seq)
                 table_rows = _row_counts(conn, alias)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             conn.execute(f"CHECKPOINT {alias}")
         finally:
             conn.execute(f"DETACH {alias}")

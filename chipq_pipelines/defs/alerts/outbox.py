@@ -12,8 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from chipq_pipelines.rules.spc import (
     freeze_baseline,
     lots_to_rejudge,
 )
-from chipq_pipelines.warehouse.schema import load_sql
+from chipq_pipelines.warehouse.schema import load_sql, transaction
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +80,6 @@ class Evaluation:
             f"{origin}: mean score {values.mean_score:.4f} ± {values.sigma_score:.4f}, "
             f"u_bar {values.u_bar:.4f}, p_bar {values.p_bar:.4f}"
         )
-
-
-@contextmanager
-def _transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _records(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None) -> list[dict]:
@@ -175,7 +163,7 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
     """
     state_version = _state_version(rules)
     evaluation = Evaluation(rules_version=rules.version)
-    with _transaction(conn):
+    with transaction(conn):
         lot_since = _since(conn, "lots", state_version)
         day_since = _since(conn, "days", state_version)
         evaluation.full_reevaluation = lot_since is None and day_since is None
