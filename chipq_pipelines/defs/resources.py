@@ -14,24 +14,44 @@ from typing import Any
 
 import dagster as dg
 import duckdb
+from pydantic import Field, create_model
 
 from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
-from chipq_pipelines.events.config import ENV_VARS, KafkaConfig
+from chipq_pipelines.events.config import ENV_VARS, KafkaConfig, is_secret
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
 from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.warehouse import schema as warehouse_schema
 
 
-class KafkaResource(dg.ConfigurableResource):
-    """The Kafka cluster the platform publishes to (and chipq publishes alerts to)."""
+def _connection_fields() -> dict[str, Any]:
+    """``KafkaConfig``'s environment-bound fields as resource fields: same names, types and defaults.
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    schema_registry_url: str | None = None
-    security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = None
-    ssl_ca_location: str | None = None
+    Dagster config has no secret type (a ``SecretStr`` field is rejected), so a secret is a ``str``
+    kept out of ``repr``; bound with ``EnvVar`` it shows in the UI and run config by variable name only.
+    """
+    fields: dict[str, Any] = {}
+    for name, variable in ENV_VARS.items():
+        field = KafkaConfig.model_fields[name]
+        secret = is_secret(name)
+        annotation = str | None if secret else field.annotation
+        fields[name] = (annotation, Field(default=field.default, description=f"${variable}", repr=not secret))
+    return fields
+
+
+#: The connection part of ``KafkaResource``, generated from ``KafkaConfig`` and ``ENV_VARS``.
+_KafkaConnection = create_model(
+    "_KafkaConnection", __base__=dg.ConfigurableResource, __module__=__name__, **_connection_fields()
+)
+
+
+class KafkaResource(_KafkaConnection):  # type: ignore[misc,valid-type]
+    """The Kafka cluster the platform publishes to (and chipq publishes alerts to).
+
+    The connection fields (``bootstrap_servers``, ``schema_registry_url``, ``security_protocol``,
+    ``sasl_*``, ``ssl_ca_location``) are ``KafkaConfig``'s, with its defaults; ``config()`` is that
+    ``KafkaConfig``, validated.
+    """
+
     inspection_topic: str = INSPECTION_TOPIC
     quality_topic: str = QUALITY_TOPIC
     #: The group whose committed offsets mirror what the warehouse has landed.
@@ -41,15 +61,10 @@ class KafkaResource(dg.ConfigurableResource):
     max_records_per_run: int = 1_000_000
 
     def config(self) -> KafkaConfig:
-        return KafkaConfig(
-            bootstrap_servers=self.bootstrap_servers,
-            schema_registry_url=self.schema_registry_url or None,
-            security_protocol=self.security_protocol,
-            sasl_mechanism=self.sasl_mechanism or None,
-            sasl_username=self.sasl_username or None,
-            sasl_password=self.sasl_password or None,
-            ssl_ca_location=self.ssl_ca_location or None,
-        )
+        """The connection fields as a ``KafkaConfig`` (an empty optional one counts as unset)."""
+        values = {name: getattr(self, name) for name in ENV_VARS}
+        optional = {name for name in ENV_VARS if KafkaConfig.model_fields[name].default is None}
+        return KafkaConfig(**{name: (value or None) if name in optional else value for name, value in values.items()})
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -106,7 +121,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
     Each set variable becomes an ``EnvVar`` (resolved when a run starts, shown
     in the UI by name only: the SASL password never appears in run config).
-    Unset ones keep the field's default: Dagster fails a run on an unset EnvVar.
+    Unset (or blank) ones keep the field's default, as in ``KafkaConfig.from_env``:
+    Dagster fails a run on an unset EnvVar.
     """
     kafka = KafkaResource(**_env_vars(KAFKA_ENV), **_env_vars(KAFKA_INT_ENV, dg.EnvVar.int))
     warehouse = WarehouseResource(kafka=kafka, **_env_vars(WAREHOUSE_ENV))
@@ -114,7 +130,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
 
 
 KAFKA_ENV = {
-    **ENV_VARS,  # the events library's variables, read the same way here
+    **ENV_VARS,  # the events library's table: KafkaConfig.from_env reads the same variables
     # Overrides for isolated environments (tests, staging) sharing one cluster.
     "inspection_topic": "CHIPQ_INSPECTION_TOPIC",
     "quality_topic": "CHIPQ_QUALITY_TOPIC",
@@ -125,4 +141,4 @@ WAREHOUSE_ENV = {"path": "CHIPQ_WAREHOUSE", "snapshot_path": "CHIPQ_ANALYST_SNAP
 
 
 def _env_vars(fields: dict[str, str], make: Callable[[str], Any] = dg.EnvVar) -> dict[str, Any]:
-    return {field: make(var) for field, var in fields.items() if os.environ.get(var)}
+    return {field: make(var) for field, var in fields.items() if os.environ.get(var, "").strip()}

@@ -3,16 +3,31 @@
 ``KafkaConfig(bootstrap_servers=...)`` for code, ``KafkaConfig.from_env()`` for
 services. The SASL password is a ``SecretStr``: it never shows in ``repr``,
 logs or error messages, and is only revealed in the librdkafka config dict.
+
+``ENV_VARS`` is the one table of settings that come from the environment.
+``from_env`` reads them with pydantic-settings (``KafkaEnvironment``, built from
+that table) and validates them with ``KafkaConfig``; the Dagster ``KafkaResource``
+takes its connection fields, defaults and variables from the same two places.
+A ``KafkaConfig`` built in code reads no environment variable.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from chipq_pipelines.events.errors import ConfigError
 
@@ -20,7 +35,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI")
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
-#: Field name -> environment variable, used by ``from_env`` and in error messages.
+#: ``KafkaConfig`` field -> environment variable: what ``from_env`` reads (through ``KafkaEnvironment``),
+#: what errors name, and what the Dagster ``KafkaResource`` binds. ``client_id`` is set in code only.
 ENV_VARS: dict[str, str] = {
     "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
     "schema_registry_url": "SCHEMA_REGISTRY_URL",
@@ -114,11 +130,16 @@ class KafkaConfig(BaseModel):
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaConfig:
-        """Read the ``KAFKA_*`` and ``SCHEMA_REGISTRY_URL`` variables (unset ones keep defaults)."""
-        env = os.environ if environ is None else environ
-        values = {field: env[var] for field, var in ENV_VARS.items() if env.get(var, "").strip()}
+        """Read the ``KAFKA_*`` and ``SCHEMA_REGISTRY_URL`` variables (unset or blank ones keep defaults).
+
+        ``environ`` replaces ``os.environ`` (tests, a service's own mapping).
+        """
+        if environ is None:
+            settings = KafkaEnvironment()
+        else:  # every variable passed, absent ones as None, so that none is taken from os.environ
+            settings = KafkaEnvironment(**{variable: environ.get(variable) for variable in ENV_VARS.values()})
         try:
-            return cls(**values)
+            return cls(**settings.model_dump(exclude_none=True))
         except ConfigError as exc:
             fields = exc.variable.split(", ")
             variables = ", ".join(ENV_VARS.get(f, f) for f in fields)
@@ -159,3 +180,47 @@ def _config_error(exc: ValidationError) -> ConfigError:
     if field == "sasl_password":
         message = "invalid value (not shown)"
     return ConfigError(field, message)
+
+
+def is_secret(field: str) -> bool:
+    """True for a ``KafkaConfig`` field that holds a secret (a ``SecretStr``: never printed)."""
+    annotation = KafkaConfig.model_fields[field].annotation
+    return SecretStr in (get_args(annotation) or (annotation,))
+
+
+class _EnvironmentSettings(BaseSettings):
+    """The base of ``KafkaEnvironment``: exact variable names; values passed in, else ``os.environ``."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)  # no .env file, no secrets directory
+
+
+def _environment_fields() -> dict[str, Any]:
+    """One field per ``ENV_VARS`` entry, aliased to its variable: the raw text, or ``None`` when unset or blank."""
+    fields: dict[str, Any] = {}
+    for field, variable in ENV_VARS.items():
+        annotation = SecretStr | None if is_secret(field) else str | None
+        fields[field] = (annotation, Field(default=None, validation_alias=variable))
+    return fields
+
+
+#: The variables of ``ENV_VARS`` as pydantic-settings reads them (the password as a ``SecretStr``).
+#: ``KafkaConfig`` validates the values, so every error names the variable through ``ENV_VARS``.
+KafkaEnvironment: type[_EnvironmentSettings] = create_model(
+    "KafkaEnvironment", __base__=_EnvironmentSettings, __module__=__name__, **_environment_fields()
+)
