@@ -7,7 +7,7 @@ No Kafka: ``chipq_pipelines.simulate.generate`` builds the stream (400 events a
 lot), lot rows are computed from it with the semantics of
 ``marts.lot_quality_scores`` (each inspection's latest INSPECTION_COMPLETED
 event, duplicates collapse), written to an in-memory DuckDB warehouse, and
-``defs.alerts.outbox.evaluate_into_outbox`` evaluates the shipped rules on them
+``alerts.outbox.evaluate_into_outbox`` evaluates the shipped rules on them
 exactly as the alerts asset does (fixed lot rules, the frozen SPC baseline,
 Western Electric rules in lot time order, u- and p-charts). Only lot rules are
 scored here; the daily defect-rate rules are not part of the truth file.
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import duckdb
 import pandas as pd
 
-from chipq_pipelines.defs.alerts.outbox import evaluate_into_outbox
+from chipq_pipelines.alerts.outbox import evaluate_into_outbox
 from chipq_pipelines.rules.loader import RuleSet, load_rules
 from chipq_pipelines.simulate import Simulation, generate
 from chipq_pipelines.simulate.excursions import PASS_THRESHOLD

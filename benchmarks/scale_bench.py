@@ -214,7 +214,7 @@ def history_days(size: int, events_per_day: int) -> list[dt.date]:
 
 def build(size: int, path: str, events_per_day: int, defects_per_event: float, memory_limit: str, threads: int) -> dict:
     """Child process: fill a fresh warehouse, rewrite the marts, evaluate alerts, publish twice."""
-    from chipq_pipelines.defs.alerts.outbox import evaluate_into_outbox
+    from chipq_pipelines.alerts.outbox import evaluate_into_outbox
     from chipq_pipelines.rules.loader import load_rules
     from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots
     from chipq_pipelines.warehouse.snapshot import publish_snapshot
@@ -283,7 +283,7 @@ def build(size: int, path: str, events_per_day: int, defects_per_event: float, m
 
 def checks_call(conn: Any, lot: str, day: dt.date) -> Callable[[], None]:
     """The asset checks of a cycle (data quality and freshness of its lot and day) as one callable."""
-    from chipq_pipelines.defs.checks import quality
+    from chipq_pipelines.checks import quality
 
     def run() -> None:
         quality.lot_quality_counts(conn, [lot])
@@ -377,7 +377,7 @@ def median(samples: list[float]) -> float:
 
 def measure(size: int, path: str, cycles: int, memory_limit: str, threads: int) -> dict:
     """Child process: run ``cycles`` pipeline cycles on the built warehouse, timing each step."""
-    from chipq_pipelines.defs.alerts.outbox import evaluate_into_outbox
+    from chipq_pipelines.alerts.outbox import evaluate_into_outbox
     from chipq_pipelines.rules.loader import load_rules
     from chipq_pipelines.warehouse.landing import land_batch
     from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots

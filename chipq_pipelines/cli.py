@@ -213,7 +213,7 @@ def alerts_command(limit: int, level: str | None, rule: str | None, snapshot: st
     Example:
       chipq alerts --level CRITICAL --limit 10
     """
-    from chipq_pipelines.defs.alerts.cli_support import format_alerts, recent_alerts
+    from chipq_pipelines.alerts.listing import format_alerts, recent_alerts
 
     path = Path(snapshot) if snapshot else ChipqHome.from_env().analyst_snapshot
     try:

@@ -16,9 +16,9 @@ import dagster as dg
 import duckdb
 from pydantic import Field, create_model
 
-from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.events.config import ENV_VARS, KafkaConfig, is_secret
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
+from chipq_pipelines.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.warehouse import schema as warehouse_schema
 
@@ -105,7 +105,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
         Done before the file exists, so a failure (broker away) leaves no file and the next run retries.
         """
-        from chipq_pipelines.defs.ingest.planner import rewind_group
+        from chipq_pipelines.ingest.planner import rewind_group
 
         kafka = self.kafka
         rewound = rewind_group(kafka.config(), kafka.pipeline_group, [kafka.inspection_topic, kafka.quality_topic])

@@ -1,1 +1,1 @@
-"""Ingest work that is not Dagster: decoding Kafka records into batches ready to land."""
+"""Ingest work that is not Dagster: planning exact offset ranges, reading and decoding them, landing them in order."""

@@ -194,14 +194,13 @@ def test_scram_right_credentials_end_to_end_and_no_password_anywhere(
 def _dagster_texts(env) -> dict[str, str]:
     """Run configs, tags and every event-log entry (metadata included) of the env's Dagster instance."""
     import dagster as dg
-    from dagster._serdes import serialize_value
 
     texts = {"dagster run config + tags": "", "dagster event logs (metadata)": ""}
     with dg.DagsterInstance.from_config(str(env.home / "dagster")) as instance:
         for run in instance.get_runs():
-            texts["dagster run config + tags"] += serialize_value(run.run_config) + repr(run.tags)
+            texts["dagster run config + tags"] += dg.serialize_value(run.run_config) + repr(run.tags)
             for entry in instance.all_logs(run.run_id):
-                texts["dagster event logs (metadata)"] += serialize_value(entry)
+                texts["dagster event logs (metadata)"] += dg.serialize_value(entry)
     return texts
 
 
@@ -220,12 +219,12 @@ def test_scram_wrong_password_fails_fast_saying_authentication_failed(
             producer.publish_batch(rel.make_events(2, "WRONG"))
 
     def pipeline_plan() -> None:
-        from chipq_pipelines.defs.ingest.planner import plan_ranges
+        from chipq_pipelines.ingest.planner import plan_ranges
 
         plan_ranges(wrong, right.inspection_topic, 1000, right.group)
 
     def pipeline_ingest() -> None:
-        from chipq_pipelines.defs.ingest.reader import ingest_ranges
+        from chipq_pipelines.ingest.reader import ingest_ranges
         from chipq_pipelines.warehouse.schema import connect, ensure_schema
 
         conn = connect(right.warehouse)

@@ -16,9 +16,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from chipq_pipelines.defs.alerts.outbox import changed_partitions, evaluate_into_outbox
-from chipq_pipelines.defs.checks import flow
-from chipq_pipelines.defs.checks.quality import (
+from chipq_pipelines.alerts.outbox import changed_partitions, evaluate_into_outbox
+from chipq_pipelines.checks import flow
+from chipq_pipelines.checks.quality import (
     defect_rate_counts,
     freshness,
     lot_quality_counts,

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from chipq_pipelines.defs.ingest.planner import cap_ranges
-from chipq_pipelines.defs.marts.sensors import _range_requests
 from chipq_pipelines.defs.partitions import lot_id_from_partition_key, lot_partition_key
+from chipq_pipelines.ingest.planner import cap_ranges
 
 
 def test_cap_ranges_keeps_small_backlogs_whole_and_shares_the_budget() -> None:
@@ -17,28 +15,6 @@ def test_cap_ranges_keeps_small_backlogs_whole_and_shares_the_budget() -> None:
     assert capped[0] == (0, 145) and capped[2] == (100, 245), "the rest is shared fairly"
     assert sum(end - start for start, end in capped.values()) == 300
     assert cap_ranges({}, 10) == {}
-
-
-def test_range_requests_group_contiguous_touched_partitions() -> None:
-    order = ["a", "b", "c", "d", "e", "f"]
-    requests = _range_requests("job", order, {"b", "c", "d", "f"}, tag=7)
-    assert len(requests) == 2
-    block, single = requests
-    assert block.tags[ASSET_PARTITION_RANGE_START_TAG] == "b"
-    assert block.tags[ASSET_PARTITION_RANGE_END_TAG] == "d"
-    assert block.partition_key is None
-    assert single.partition_key == "f"
-    assert block.run_key != single.run_key
-    assert _range_requests("job", order, set(), tag=None) == []
-
-
-def test_range_requests_merge_blocks_separated_by_small_gaps() -> None:
-    order = [f"k{i:02d}" for i in range(30)]
-    touched = {"k01", "k02", "k05", "k20"}
-    merged, far = _range_requests("job", order, touched, tag=1, merge_gap=3)
-    assert (merged.tags[ASSET_PARTITION_RANGE_START_TAG], merged.tags[ASSET_PARTITION_RANGE_END_TAG]) == ("k01", "k05")
-    assert far.partition_key == "k20"
-    assert len(_range_requests("job", order, touched, tag=1)) == 3  # no merging by default
 
 
 @pytest.mark.parametrize(

@@ -3,11 +3,12 @@
 import dagster as dg
 import pandas as pd
 
-from chipq_pipelines.defs.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox, publish_outbox
-from chipq_pipelines.defs.checks.quality import mart_quality_problems
-from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL
+from chipq_pipelines.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox, publish_outbox
+from chipq_pipelines.checks.quality import mart_quality_problems
+from chipq_pipelines.defs.ingest.assets import raw_inspection_events
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
+from chipq_pipelines.defs.shared import ON_UPSTREAM_CHANGE, warehouse_asset
 from chipq_pipelines.events.producers import SyncQualityEventProducer
 from chipq_pipelines.rules.loader import load_rules
 
@@ -33,13 +34,13 @@ def _violations_markdown(evaluation: Evaluation) -> str:
     return pd.DataFrame(rows).to_markdown(index=False) + (f"\n\n… and {more} more" if more > 0 else "")
 
 
-@dg.asset(
+@warehouse_asset(
     key=["ops", "alert_outbox"],
-    deps=[defect_rates, lot_quality_scores],
+    # raw/inspection_events too: in a pipeline cycle its step is what rewrites the marts, so it runs first
+    deps=[defect_rates, lot_quality_scores, raw_inspection_events],
     group_name="alerts",
-    owners=[OWNER],
     kinds={"duckdb"},
-    pool=WRITER_POOL,
+    automation_condition=ON_UPSTREAM_CHANGE,
     description=(
         "Threshold violations (`ops.alert_outbox`, for analysts `ops.alerts`): the rules in "
         "`chipq_pipelines/rules/rules.yaml` (or `$CHIPQ_RULES`) evaluated on the lots and days rewritten "
@@ -59,6 +60,7 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             raise dg.Failure(
                 description=f"marts fail their data-quality checks, no alerts evaluated: {problems}",
                 metadata={"problems": dg.MetadataValue.json(problems)},
+                allow_retries=False,  # the data, not a transient fault: retrying cannot help
             )
         evaluation = evaluate_into_outbox(conn, rules)
     by_rule: dict[str, int] = {}
@@ -85,13 +87,14 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     )
 
 
-@dg.asset(
+@warehouse_asset(
     key=["ops", "threshold_violation_events"],
     deps=[alert_outbox],
     group_name="alerts",
-    owners=[OWNER],
     kinds={"kafka", "duckdb"},
-    pool=WRITER_POOL,
+    automation_condition=ON_UPSTREAM_CHANGE,
+    # A broker away for a moment: the step retries (10 s, 20 s, 40 s); after that the next run's publish does.
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     description=(
         "Unpublished outbox rows sent as THRESHOLD_VIOLATED (scope LOT or DAY) to "
         "`chip-quality.quality.events` with the idempotent producer; a row is marked published only "
@@ -118,10 +121,3 @@ def threshold_violation_events(
             "events": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "Nothing to publish."),
         }
     )
-
-
-alerts_job = dg.define_asset_job(
-    "publish_threshold_violations",
-    selection=[alert_outbox, threshold_violation_events],
-    description="Evaluate the rules on changed mart partitions, then publish new violations to Kafka.",
-)

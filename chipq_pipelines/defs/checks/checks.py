@@ -18,8 +18,8 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from chipq_pipelines.defs.checks import flow
-from chipq_pipelines.defs.checks.quality import (
+from chipq_pipelines.checks import flow
+from chipq_pipelines.checks.quality import (
     DAY_PROBLEMS,
     LOT_PROBLEMS,
     RECENT_DAYS,
@@ -30,10 +30,10 @@ from chipq_pipelines.defs.checks.quality import (
     lot_scope,
     measure_freshness,
 )
-from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.partitions import lot_id_from_partition_key
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
+from chipq_pipelines.defs.shared import OWNER, WRITER_POOL
 
 
 class RecentWindowConfig(dg.Config):

@@ -1,13 +1,19 @@
-"""Quality marts (daily defect rates, per-lot quality scores) and the analyst snapshot."""
+"""Quality marts (daily defect rates, per-lot quality scores) and the analyst snapshot.
+
+In the pipeline cycle the raw inspection step rewrites the partitions its rows
+touched (see ``defs/ingest/assets.py``); these partitioned assets are what a
+backfill, the daily schedule or the UI materializes, with the same rewrites.
+"""
 
 import datetime as dt
 import warnings
 
 import dagster as dg
 
-from chipq_pipelines.defs.ingest.assets import OWNER, WRITER_POOL, raw_inspection_events, raw_quality_events
+from chipq_pipelines.defs.ingest.assets import raw_inspection_events, raw_quality_events
 from chipq_pipelines.defs.partitions import daily_partitions, lot_id_from_partition_key, lot_partitions
 from chipq_pipelines.defs.resources import WarehouseResource
+from chipq_pipelines.defs.shared import DEFECT_RATES, LOT_QUALITY, ON_UPSTREAM_CHANGE, warehouse_asset
 from chipq_pipelines.warehouse.formatting import markdown_table
 from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots
 from chipq_pipelines.warehouse.snapshot import publish_snapshot
@@ -26,22 +32,20 @@ def _mart_metadata(result: MartResult, partition_count: int) -> dict[str, dg.Met
     }
 
 
-# One run may rewrite a contiguous range of partitions (the sensor asks for
-# ranges): one process and one DuckDB open for many lots instead of one each.
+# A backfill rewrites its whole range of partitions in one run: one process and
+# one DuckDB open for many lots instead of one each.
 # (Dagster labels the parameter beta; we rely only on its documented behaviour.)
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 
 
-@dg.asset(
-    key=["marts", "defect_rates"],
+@warehouse_asset(
+    key=DEFECT_RATES,
     deps=[raw_inspection_events],
     partitions_def=daily_partitions,
     backfill_policy=SINGLE_RUN,
     group_name="quality_marts",
-    owners=[OWNER],
     kinds={"duckdb", "sql"},
-    pool=WRITER_POOL,
     description=(
         "Daily defect rates per defect type (`marts.defect_rates`), by the UTC date of event_time, over "
         "INSPECTION_COMPLETED events: chips_inspected, chips_with_defect, defect_count and "
@@ -57,15 +61,13 @@ def defect_rates(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     return dg.MaterializeResult(metadata=_mart_metadata(result, len(days)))
 
 
-@dg.asset(
-    key=["marts", "lot_quality_scores"],
+@warehouse_asset(
+    key=LOT_QUALITY,
     deps=[raw_inspection_events],
     partitions_def=lot_partitions,
     backfill_policy=SINGLE_RUN,
     group_name="quality_marts",
-    owners=[OWNER],
     kinds={"duckdb", "sql"},
-    pool=WRITER_POOL,
     description=(
         "One row per lot (`marts.lot_quality_scores`) over each inspection's latest INSPECTION_COMPLETED "
         "event: inspections, chips, mean/min quality score, pass rate, defect density, critical defects."
@@ -80,13 +82,12 @@ def lot_quality_scores(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     return dg.MaterializeResult(metadata=_mart_metadata(result, len(lot_ids)))
 
 
-@dg.asset(
+@warehouse_asset(
     key=["analyst_snapshot"],
     deps=[raw_inspection_events, raw_quality_events, defect_rates, lot_quality_scores],
     group_name="analysts",
-    owners=[OWNER],
     kinds={"duckdb"},
-    pool=WRITER_POOL,
+    automation_condition=ON_UPSTREAM_CHANGE,
     description=(
         "Read-only view of the warehouse for analysts (`$CHIPQ_HOME/analytics.duckdb`, a link to one of a few "
         "DuckDB copies): a copy no reader holds is brought up to date with what changed since it was last "
@@ -114,6 +115,13 @@ def analyst_snapshot(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     )
 
 
-defect_rates_job = dg.define_asset_job("materialize_defect_rates", selection=[defect_rates])
-lot_quality_job = dg.define_asset_job("materialize_lot_quality", selection=[lot_quality_scores])
-snapshot_job = dg.define_asset_job("publish_analyst_snapshot", selection=[analyst_snapshot])
+defect_rates_job = dg.define_asset_job(
+    "materialize_defect_rates",
+    selection=[defect_rates],
+    description="Rewrite days of marts.defect_rates (the daily schedule's job; any range from the UI).",
+)
+lot_quality_job = dg.define_asset_job(
+    "materialize_lot_quality",
+    selection=[lot_quality_scores],
+    description="Rewrite lots of marts.lot_quality_scores (a backfill of any lots from the UI).",
+)

@@ -19,9 +19,9 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from chipq_pipelines.defs.ingest.reader import FAULT_ENV
 from chipq_pipelines.events import builders
 from chipq_pipelines.events.delivery import DeliveryReport
+from chipq_pipelines.ingest.reader import FAULT_ENV
 from chipq_pipelines.rules.evaluate import Violation, evaluate_day, evaluate_lot, lot_in_control
 from chipq_pipelines.rules.loader import RuleSet, SpcBaselineValues
 from chipq_pipelines.rules.spc import (

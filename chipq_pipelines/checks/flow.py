@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 from confluent_kafka import Consumer, TopicPartition
 
-from chipq_pipelines.defs.checks.quality import RECENT_DAYS, lot_scope
+from chipq_pipelines.checks.quality import RECENT_DAYS, lot_scope
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY

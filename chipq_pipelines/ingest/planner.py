@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from chipq_pipelines.defs.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.ingest.client_errors import ClientErrors, KafkaAuthenticationError
+from chipq_pipelines.ingest.reader import PIPELINE_GROUP
 
 #: Seconds any single metadata call of a sensor tick may take.
 CALL_TIMEOUT_S = 5.0

@@ -1,0 +1,1 @@
+"""Alerts work that is not Dagster: the outbox (rules evaluated into it, published from it) and listing alerts."""
