@@ -52,8 +52,9 @@ pipeline_cycle = dg.define_asset_job(
 )
 
 
-def _in_progress(context: dg.SensorEvaluationContext) -> str | None:
-    """Why a cycle still in progress blocks planning (None: nothing in progress, or only a lost run)."""
+def _in_flight(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
+    """The cycles queued or running (a run that logged nothing for LOST_RUN_AFTER_S is taken as lost)."""
+    alive = []
     for record in context.instance.get_run_records(
         dg.RunsFilter(job_name=pipeline_cycle.name, statuses=_UNFINISHED), limit=5
     ):
@@ -61,9 +62,16 @@ def _in_progress(context: dg.SensorEvaluationContext) -> str | None:
         events = context.instance.get_records_for_run(run.run_id, limit=1, ascending=False).records
         last = events[0].timestamp if events else record.create_timestamp.timestamp()
         if time.time() - last < LOST_RUN_AFTER_S:
-            return f"run {run.run_id[:8]} ({run.tags.get(SPAN_TAG, '')}) is {run.status.value}"
-        context.log.warning(f"run {run.run_id[:8]} logged nothing for {LOST_RUN_AFTER_S:.0f} s; re-planning")
-    return None
+            alive.append(run)
+        else:
+            context.log.warning(f"run {run.run_id[:8]} logged nothing for {LOST_RUN_AFTER_S:.0f} s; re-planning")
+    return alive
+
+
+def _planned_ends(run: dg.DagsterRun, step: str) -> dict[int, int]:
+    """partition → end of the range ``run`` was planned to read in ``step``."""
+    ranges = run.run_config.get("ops", {}).get(step, {}).get("config", {}).get("ranges", [])
+    return {int(r["partition"]): int(r["end"]) for r in ranges}
 
 
 @dg.sensor(
@@ -73,15 +81,19 @@ def _in_progress(context: dg.SensorEvaluationContext) -> str | None:
     description=(
         "Plans exact offset ranges of the inspection and quality topics from Kafka watermarks and the "
         "`chipq-dagster` group's committed offsets (at most CHIPQ_MAX_RECORDS_PER_RUN records a topic), "
-        "one pipeline_cycle run at a time. No cursor: `chipq catch-up` evaluates the same sensor."
+        "one pipeline_cycle run in flight and the next one queued. No cursor: `chipq catch-up` evaluates the "
+        "same sensor."
     ),
 )
 def kafka_offsets_sensor(
     context: dg.SensorEvaluationContext, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.SensorResult:
-    blocked = _in_progress(context)
-    if blocked:
-        return dg.SensorResult(skip_reason=blocked)
+    # One cycle running and the next one waiting in the queue, planned from where the running one
+    # ends: the next starts the moment the writer slot is free, not one sensor tick later.
+    in_flight = _in_flight(context)
+    if len(in_flight) >= 2:
+        names = ", ".join(f"{run.run_id[:8]} ({run.status.value})" for run in in_flight)
+        return dg.SensorResult(skip_reason=f"runs {names} are in flight; the next is planned when one ends")
     # The group's offsets mirror the warehouse; a missing file (deleted to start over) is read from the
     # start. Checking that the file exists is not opening it: sensors never open DuckDB.
     rebuild = not warehouse.warehouse_path().exists()
@@ -92,7 +104,12 @@ def kafka_offsets_sensor(
         topic = getattr(kafka, topic_field)
         try:
             ranges = plan_ranges(
-                kafka.config(), topic, kafka.max_records_per_run, kafka.pipeline_group, use_committed=not rebuild
+                kafka.config(),
+                topic,
+                kafka.max_records_per_run,
+                kafka.pipeline_group,
+                use_committed=not rebuild,
+                after=_planned_ends(in_flight[0], step) if in_flight else None,
             )
         except TopicNotReady as exc:
             context.log.info(str(exc))
@@ -103,7 +120,8 @@ def kafka_offsets_sensor(
             records += sum(e - s for s, e in ranges.values())
             spans.append(f"{topic}:" + ",".join(f"{p}:{s}-{e}" for p, (s, e) in sorted(ranges.items())))
     if not spans:
-        return dg.SensorResult(skip_reason="nothing new on either topic")
+        busy = f" beyond run {in_flight[0].run_id[:8]} ({in_flight[0].status.value})" if in_flight else ""
+        return dg.SensorResult(skip_reason=f"nothing new on either topic{busy}")
     span = " ".join(spans)
     # A range tried before (its run failed or was lost) gets a new key: a run key is only ever used once.
     attempt = len(context.instance.get_run_ids(dg.RunsFilter(job_name=pipeline_cycle.name, tags={SPAN_TAG: span})))

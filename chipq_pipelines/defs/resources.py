@@ -67,6 +67,10 @@ class KafkaResource(_KafkaConnection):  # type: ignore[misc,valid-type]
         return KafkaConfig(**{name: (value or None) if name in optional else value for name, value in values.items()})
 
 
+#: (path, inode) of the warehouse files whose schema this process has ensured (a new file has a new inode).
+_SCHEMA_ENSURED: set[tuple[str, int]] = set()
+
+
 class WarehouseResource(dg.ConfigurableResource):
     """The DuckDB warehouse file (one writer process at a time) and its analyst snapshot."""
 
@@ -95,7 +99,10 @@ class WarehouseResource(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = warehouse_schema.connect(path)
         try:
-            warehouse_schema.ensure_schema(conn)
+            identity = (str(path), path.stat().st_ino)
+            if identity not in _SCHEMA_ENSURED:  # once per file and process: a run's steps share it
+                warehouse_schema.ensure_schema(conn)
+                _SCHEMA_ENSURED.add(identity)
             yield conn
         finally:
             conn.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -38,6 +38,7 @@ def plan_ranges(
     group_id: str = PIPELINE_GROUP,
     *,
     use_committed: bool = True,
+    after: Mapping[int, int] | None = None,
 ) -> dict[int, tuple[int, int]]:
     """partition → [start, end) of records not yet landed, at most ``max_records`` in all.
 
@@ -46,12 +47,15 @@ def plan_ranges(
     at the low watermark for a partition never committed. With
     ``use_committed=False`` (no warehouse file: it was deleted or never
     made) every partition starts at its low watermark, since the group's
-    offsets mirror a warehouse that is gone.
+    offsets mirror a warehouse that is gone. ``after`` (partition → offset) starts
+    the plan there instead, when later: the end of a run that is still in flight,
+    so that the next one can wait in the queue (if that run fails, the next one
+    reads from the landed offsets anyway: a reader re-anchors every range).
     """
     backlog: dict[int, tuple[int, int]] = {}
     with _group_client(kafka, group_id) as consumer:
         for partition, committed, low, high in _offsets(consumer, topic):
-            start = max(committed if use_committed and committed >= 0 else low, low)
+            start = max(committed if use_committed and committed >= 0 else low, low, (after or {}).get(partition, 0))
             if high > start:
                 backlog[partition] = (start, high)
     return cap_ranges(backlog, max_records)

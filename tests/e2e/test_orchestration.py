@@ -180,7 +180,12 @@ def test_offsets_sensor_plans_one_cycle_per_span_and_a_new_key_per_attempt(pipel
         assert (second.run_config, second.tags) == (request.run_config, request.tags)
 
 
-def test_offsets_sensor_skips_while_a_cycle_is_in_progress_naming_the_run(pipeline_env, monkeypatch) -> None:
+def _inspection_ranges(request: dg.RunRequest) -> dict[int, tuple[int, int]]:
+    ranges = request.run_config["ops"]["raw__inspection_events"]["config"]["ranges"]
+    return {r["partition"]: (r["start"], r["end"]) for r in ranges}
+
+
+def test_while_a_cycle_runs_the_next_is_planned_from_where_it_ends(pipeline_env, monkeypatch) -> None:
     _publish(pipeline_env, _events(5, dt.datetime.now(UTC) - dt.timedelta(hours=1)))
     ensure_dagster_home()
     defs = build_defs()
@@ -189,19 +194,28 @@ def test_offsets_sensor_skips_while_a_cycle_is_in_progress_naming_the_run(pipeli
 
     def ingest_observed(*args: Any, **kwargs: Any) -> Any:
         if not seen:  # the first step of the run: the run is STARTED and logging
-            seen.append(_plan(defs, instance))
+            seen.append(_plan(defs, instance))  # nothing beyond it yet
+            _publish(pipeline_env, _events(4, dt.datetime.now(UTC)))
+            seen.append(_plan(defs, instance))  # the next cycle, from the running one's ends
         return real_ingest(*args, **kwargs)
 
     monkeypatch.setattr(ingest_assets, "ingest_ranges", ingest_observed)
     with dg.DagsterInstance.get() as instance:
         [request] = _plan(defs, instance).run_requests
         result = _execute(defs, instance, request)
-        after = _plan(defs, instance)
+        ends = _high_watermarks(pipeline_env)
+        [queued] = _plan(defs, instance).run_requests  # the same plan once the first has landed
     assert result.success
-    [during] = seen
-    assert not during.run_requests
-    assert during.skip_reason.skip_message == f"run {result.run_id[:8]} ({request.tags[SPAN_TAG]}) is STARTED"
-    assert after.skip_reason.skip_message == "nothing new on either topic"  # the run landed the span
+    idle, busy = seen
+    assert not idle.run_requests
+    assert idle.skip_reason.skip_message == f"nothing new on either topic beyond run {result.run_id[:8]} (STARTED)"
+    [next_request] = busy.run_requests
+    first = _inspection_ranges(request)
+    following = _inspection_ranges(next_request)
+    assert {p: start for p, (start, _) in following.items()} == {p: first.get(p, (0, 0))[1] for p in following}
+    assert sum(end - start for start, end in following.values()) == 4
+    assert {p: end for p, (_, end) in following.items()} == {p: e for p, e in ends.items() if p in following}
+    assert _inspection_ranges(queued) == following and queued.run_key == next_request.run_key
 
 
 # ---------------------------------------------------------------- declarative automation
