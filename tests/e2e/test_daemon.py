@@ -244,7 +244,8 @@ def test_daemon_and_catch_up_take_turns_on_one_stream(pipeline_env, tmp_path) ->
     expected_lots: dict[str, list[float]] = {}
     for event in acked:
         expected_lots.setdefault(event["batch_id"], []).append(event["quality_score"])
-    assert dict(zip(lots["lot_id"], lots["n"].astype(int), strict=True)) == {k: len(v) for k, v in expected_lots.items()}
+    counts = dict(zip(lots["lot_id"], lots["n"].astype(int), strict=True))
+    assert counts == {lot: len(scores) for lot, scores in expected_lots.items()}
     for lot, mean in zip(lots["lot_id"], lots["mean"], strict=True):
         assert mean == pytest.approx(sum(expected_lots[lot]) / len(expected_lots[lot]), abs=1e-9)
     rates = query_snapshot(
