@@ -494,9 +494,7 @@ def print_throughput(broker: str, env: PipelineEnv, pipe: PipelineResult, bare: 
     for job, (count, seconds) in sorted(pipe.runs.items()):
         if job not in ingest_jobs:
             lines.append(f"{'  ' + job + ' steps':<62}{seconds:>10.2f}{'':>12}{count:>6}")
-    lines.append(
-        f"{'  driver + run overhead (total - steps)':<62}{pipe.catch_up_s - all_runs_s:>10.2f}"
-    )
+    lines.append(f"{'  driver + run overhead (total - steps)':<62}{pipe.catch_up_s - all_runs_s:>10.2f}")
     row("bare: consume → fastavro → columns → Arrow → DuckDB INSERT", bare.seconds)
     lines.append(
         f"          bare decoded {bare.decoded:,} records ({bare.defects:,} defects), skipped {bare.skipped:,} "

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 
 INFRA_DIR = REPO_ROOT / "infra" / "kafka"
@@ -31,7 +32,7 @@ STOP_TIMEOUT_S = 30.0
 DEFAULT_HEAP = "768m"
 
 
-class LocalKafkaError(RuntimeError):
+class LocalKafkaError(ChipqError, RuntimeError):
     """The local broker could not be fetched, started or stopped."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.local_kafka import pid_alive
 from chipq_pipelines.paths import ChipqHome
 
@@ -34,7 +35,7 @@ PLANNER = "kafka_offsets_sensor"
 CYCLE_JOB = "pipeline_cycle"
 
 
-class CatchUpError(RuntimeError):
+class CatchUpError(ChipqError, RuntimeError):
     """A run failed during catch-up; its logs are in the Dagster UI."""
 
 

@@ -10,6 +10,11 @@ from chipq_pipelines.warehouse.schema import load_sql
 from chipq_pipelines.warehouse.snapshot import open_snapshot
 
 
+def _sql(name: str) -> str:
+    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.alerts.sql``)."""
+    return load_sql(name, package="chipq_pipelines.alerts.sql")
+
+
 def recent_alerts(
     snapshot_path: str | Path, *, limit: int = 20, level: str | None = None, rule: str | None = None
 ) -> pd.DataFrame:
@@ -30,7 +35,7 @@ def recent_alerts(
                          "published", "message"]
             )  # fmt: skip
         params = {"limit": limit, "level": level.upper() if level else None, "rule": rule}
-        return conn.execute(load_sql("alerts_recent"), params).df()
+        return conn.execute(_sql("recent_alerts"), params).df()
     finally:
         conn.close()
 

@@ -34,6 +34,12 @@ from chipq_pipelines.rules.spc import (
 )
 from chipq_pipelines.warehouse.schema import load_sql, transaction
 
+
+def _sql(name: str) -> str:
+    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.alerts.sql``)."""
+    return load_sql(name, package="chipq_pipelines.alerts.sql")
+
+
 log = logging.getLogger(__name__)
 
 #: Rules that judge a quality score: their events also carry it as quality_score.
@@ -83,22 +89,22 @@ class Evaluation:
 
 
 def _records(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None) -> list[dict]:
-    relation = conn.execute(load_sql(name), params or {})
+    relation = conn.execute(_sql(name), params or {})
     columns = [d[0] for d in relation.description or []]
     return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
 
 
 def _state(conn: duckdb.DuckDBPyConnection, name: str) -> tuple[dt.datetime | None, str | None]:
-    rows = conn.execute(load_sql("alerts_state_get"), {"name": name}).fetchall()
+    rows = conn.execute(_sql("evaluation_state_get"), {"name": name}).fetchall()
     return (rows[0][0], rows[0][1]) if rows else (None, None)
 
 
 def _set_state(conn: duckdb.DuckDBPyConnection, name: str, watermark: dt.datetime | None, version: str) -> None:
-    conn.execute(load_sql("alerts_state_set"), {"name": name, "watermark": watermark, "rules_version": version})
+    conn.execute(_sql("evaluation_state_set"), {"name": name, "watermark": watermark, "rules_version": version})
 
 
 def _stored_baseline(conn: duckdb.DuckDBPyConnection) -> tuple[int, Baseline] | None:
-    rows = _records(conn, "alerts_baseline_get")
+    rows = _records(conn, "spc_baseline_get")
     if not rows:
         return None
     row = rows[0]
@@ -118,7 +124,7 @@ def _store_baseline(conn: duckdb.DuckDBPyConnection, baseline: Baseline) -> int:
         "lot_ids": list(baseline.lot_ids),
         "removed_lot_ids": list(baseline.removed_lot_ids),
     }
-    ((baseline_id,),) = conn.execute(load_sql("alerts_baseline_insert"), params).fetchall()
+    ((baseline_id,),) = conn.execute(_sql("spc_baseline_insert"), params).fetchall()
     return int(baseline_id)
 
 
@@ -141,8 +147,8 @@ def changed_partitions(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> tuple
     state_version = _state_version(rules)
     lot_since = _since(conn, "lots", state_version)
     day_since = _since(conn, "days", state_version)
-    lot_ids = [row[0] for row in conn.execute(load_sql("alerts_changed_lots"), {"since": lot_since}).fetchall()]
-    days = [row[0] for row in conn.execute(load_sql("alerts_changed_days"), {"since": day_since}).fetchall()]
+    lot_ids = [row[0] for row in conn.execute(_sql("changed_lots"), {"since": lot_since}).fetchall()]
+    days = [row[0] for row in conn.execute(_sql("changed_days"), {"since": day_since}).fetchall()]
     return lot_ids, days
 
 
@@ -167,7 +173,7 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
         lot_since = _since(conn, "lots", state_version)
         day_since = _since(conn, "days", state_version)
         evaluation.full_reevaluation = lot_since is None and day_since is None
-        lots = _records(conn, "alerts_select_lots", {"since": lot_since, "lookback": LOOKBACK})
+        lots = _records(conn, "lots_to_evaluate", {"since": lot_since, "lookback": LOOKBACK})
         changed = [lot for lot in lots if lot["changed"]]
         evaluation.lots_read = len(lots)
         violations: list[Violation] = []
@@ -176,7 +182,7 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
         evaluation.lots_evaluated = len(changed)
         if rules.spc.enabled:
             violations += _evaluate_spc(conn, rules, lots, {str(lot["lot_id"]) for lot in changed}, evaluation)
-        days = _records(conn, "alerts_select_days", {"since": day_since})
+        days = _records(conn, "days_to_evaluate", {"since": day_since})
         violations += evaluate_day(rules, days)
         evaluation.days_evaluated = len({row["event_date"] for row in days})
         evaluation.violations_found = len(violations)
@@ -201,7 +207,7 @@ def _evaluate_spc(
             stored = (_store_baseline(conn, frozen), frozen)
             evaluation.baseline_frozen_now = True
             # Nothing was judged before the limits existed: every lot is, now.
-            lots = _records(conn, "alerts_select_lots", {"since": None, "lookback": LOOKBACK})
+            lots = _records(conn, "lots_to_evaluate", {"since": None, "lookback": LOOKBACK})
             changed = {str(lot["lot_id"]) for lot in lots}
             evaluation.lots_read = len(lots)
         evaluation.baseline_id, baseline = stored
@@ -215,7 +221,7 @@ def _evaluate_spc(
         return []
     if baseline.values.u_sigma_z is None or baseline.values.p_sigma_z is None:
         # A stored baseline has no sigma_z: re-derived from the baseline's own lots, read by id.
-        own = _records(conn, "alerts_select_lots_by_id", {"lots": list(baseline.lot_ids)})
+        own = _records(conn, "lots_by_id", {"lots": list(baseline.lot_ids)})
         evaluation.lots_read += len(own)
         baseline = baseline.with_dispersion([LotPoint.from_row(lot) for lot in own])
     return evaluate_spc(points, baseline, rules.spc, f"{rules.version}+{tag}", judge)
@@ -230,7 +236,7 @@ def _freeze_first_baseline(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> B
     """
     limit = 2 * rules.spc.baseline_lots
     while True:
-        first = _records(conn, "alerts_select_first_lots", {"limit": limit})
+        first = _records(conn, "first_lots", {"limit": limit})
         frozen = _freeze(rules, first)
         if frozen is not None or len(first) < limit:
             return frozen
@@ -268,9 +274,7 @@ def _insert(conn: duckdb.DuckDBPyConnection, violations: Sequence[Violation]) ->
     change_seq = _next_change_seq(conn)
     conn.register("new_violations", frame)
     try:
-        inserted = {
-            row[0] for row in conn.execute(load_sql("alerts_insert_outbox"), {"change_seq": change_seq}).fetchall()
-        }
+        inserted = {row[0] for row in conn.execute(_sql("outbox_insert"), {"change_seq": change_seq}).fetchall()}
     finally:
         conn.unregister("new_violations")
     return [v for event_id, v in unique.items() if event_id in inserted]
@@ -333,14 +337,14 @@ def publish_outbox(
     """
     publication = Publication()
     while True:
-        rows = _records(conn, "alerts_unpublished", {"limit": batch_size})
+        rows = _records(conn, "outbox_unpublished", {"limit": batch_size})
         if not rows:
             return publication
         sending = pd.DataFrame({"event_id": [r["event_id"] for r in rows]})
         change_seq = _next_change_seq(conn)
         conn.register("sending", sending)
         try:
-            conn.execute(load_sql("alerts_count_attempt"), {"change_seq": change_seq})
+            conn.execute(_sql("outbox_count_attempt"), {"change_seq": change_seq})
         finally:
             conn.unregister("sending")
         publication.sent += len(rows)
@@ -371,7 +375,7 @@ def _mark(conn: duckdb.DuckDBPyConnection, acked: list[tuple[dict[str, Any], Del
     change_seq = _next_change_seq(conn)
     conn.register("acked", frame)
     try:
-        conn.execute(load_sql("alerts_mark_published"), {"change_seq": change_seq})
+        conn.execute(_sql("outbox_mark_published"), {"change_seq": change_seq})
     finally:
         conn.unregister("acked")
 

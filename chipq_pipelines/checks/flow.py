@@ -20,6 +20,12 @@ from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY
 from chipq_pipelines.warehouse.landing import landed_offsets
 from chipq_pipelines.warehouse.schema import load_sql
 
+
+def _sql(name: str) -> str:
+    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.checks.sql``)."""
+    return load_sql(name, package="chipq_pipelines.checks.sql")
+
+
 CANARY_LOT_ID = "chipq-canary"
 CALL_TIMEOUT_S = 5.0
 
@@ -50,7 +56,7 @@ def publish_canary(kafka: KafkaConfig, topic: str, conn: duckdb.DuckDBPyConnecti
         "kafka_offset": report.offset,
         "run_id": run_id,
     }
-    conn.execute(load_sql("alerts_insert_canary"), record)
+    conn.execute(_sql("canary_insert"), record)
     return record
 
 
@@ -77,9 +83,9 @@ def judge_canaries(conn: duckdb.DuckDBPyConnection, run_id: str, sla_seconds: fl
 
     Raw is read only on the days of the canaries judged (``canary_days``), not all history.
     """
-    judged = conn.execute(load_sql("alerts_canaries_to_judge"), {"run_id": run_id}).fetchall()
+    judged = conn.execute(_sql("canaries_to_judge"), {"run_id": run_id}).fetchall()
     days = canary_days([published_at for _, published_at in judged])
-    relation = conn.execute(load_sql("alerts_check_canaries"), {"run_id": run_id, "days": days})
+    relation = conn.execute(_sql("canaries_judged"), {"run_id": run_id, "days": days})
     columns = [d[0] for d in relation.description or []]
     rows = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
     if not rows:
@@ -177,7 +183,7 @@ def raw_vs_lot_mart(
     """
     scope = lot_scope(conn, None, recent_days)
     params = {"settle_seconds": settle_seconds, "lots": list(scope.lot_ids or ()), "days": list(scope.days)}
-    relation = conn.execute(load_sql("alerts_check_raw_vs_lots"), params)
+    relation = conn.execute(_sql("raw_vs_lot_mart"), params)
     columns = [d[0] for d in relation.description or []]
     lots = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
     settled = [lot for lot in lots if not lot["in_flight"]]

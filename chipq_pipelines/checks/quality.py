@@ -19,6 +19,12 @@ import duckdb
 
 from chipq_pipelines.warehouse.schema import load_sql
 
+
+def _sql(name: str) -> str:
+    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.checks.sql``)."""
+    return load_sql(name, package="chipq_pipelines.checks.sql")
+
+
 #: Counters of the data-quality queries that must be zero.
 LOT_PROBLEMS = (
     "duplicate_event_ids",
@@ -72,7 +78,7 @@ def _span(days: Sequence[dt.date]) -> str:
 
 
 def _column(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> list[Any]:
-    return [row[0] for row in conn.execute(load_sql(name), params).fetchall()]
+    return [row[0] for row in conn.execute(_sql(name), params).fetchall()]
 
 
 def lot_scope(
@@ -81,14 +87,15 @@ def lot_scope(
     """The lots ``lot_ids`` (None: those with rows in the recent window) and every day they have rows on."""
     if lot_ids is None:
         window = recent_window(recent_days)
-        lots = _column(conn, "checks_lots_on_days", {"days": window})
+        lots = _column(conn, "lots_on_days", {"days": window})
         label = f"lots on {_span(window)} ({len(lots)} lots)"
     else:
         lots = sorted(set(lot_ids))
         label = f"lot {lots[0]!r}" if len(lots) == 1 else f"{len(lots)} lots"
         if len(lots) > 1:
             label += f": {lots[0]!r} … {lots[-1]!r}"
-    days = _column(conn, "lot_days_of_lots", {"lots": lots}) if lots else []
+    # the warehouse's own bookkeeping query (the mart rewrites use it too)
+    days = [row[0] for row in conn.execute(load_sql("lot_days_of_lots"), {"lots": lots}).fetchall()] if lots else []
     return Scope(days=tuple(days), lot_ids=tuple(lots), label=label)
 
 
@@ -103,7 +110,7 @@ def day_scope(days: Sequence[dt.date] | None = None, recent_days: int = RECENT_D
 
 
 def _one_row(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> dict[str, Any]:
-    relation = conn.execute(load_sql(name), params)
+    relation = conn.execute(_sql(name), params)
     columns = [d[0] for d in relation.description or []]
     rows = relation.fetchall()
     return dict(zip(columns, rows[0], strict=True))
@@ -113,12 +120,12 @@ def check_lot_quality(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str
     """Rows checked and problems found behind ``marts.lot_quality_scores`` for the scope's lots."""
     start, end = scope.day_range or (None, None)
     params = {"lots": list(scope.lot_ids or ()), "days": list(scope.days), "start": start, "end": end}
-    return {k: int(v) for k, v in _one_row(conn, "alerts_check_lot_quality", params).items()}
+    return {k: int(v) for k, v in _one_row(conn, "lot_quality_problems", params).items()}
 
 
 def check_defect_rates(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[str, int]:
     """Rows checked and problems found behind ``marts.defect_rates`` for the scope's days."""
-    return {k: int(v) for k, v in _one_row(conn, "alerts_check_defect_rates", {"days": list(scope.days)}).items()}
+    return {k: int(v) for k, v in _one_row(conn, "defect_rates_problems", {"days": list(scope.days)}).items()}
 
 
 def lot_quality_counts(
@@ -159,9 +166,9 @@ def measure_freshness(
     """How far a mart is behind the raw rows it summarises, over the scope (``mart``: ``lots`` or ``days``)."""
     params: dict[str, Any] = {"days": list(scope.days), "max_lag_seconds": max_lag_seconds}
     if mart == "lots":
-        return _one_row(conn, "alerts_check_lot_freshness", {**params, "lots": list(scope.lot_ids or ())})
+        return _one_row(conn, "lot_mart_freshness", {**params, "lots": list(scope.lot_ids or ())})
     if mart == "days":
-        return _one_row(conn, "alerts_check_day_freshness", params)
+        return _one_row(conn, "day_mart_freshness", params)
     raise ValueError(f"mart must be 'lots' or 'days', not {mart!r}")
 
 

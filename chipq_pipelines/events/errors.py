@@ -6,9 +6,11 @@ it exactly as it came in (raw bytes and the reason).
 
 from __future__ import annotations
 
+from chipq_pipelines.errors import ChipqError
 
-class EventsError(Exception):
-    """Base of every error raised by ``chipq_pipelines.events``."""
+
+class EventsError(ChipqError):
+    """Base of every error raised by ``chipq_pipelines.events`` (a ``ChipqError``)."""
 
 
 class ConfigError(EventsError, ValueError):

@@ -12,8 +12,10 @@ from collections import deque
 
 from confluent_kafka import KafkaError
 
+from chipq_pipelines.errors import ChipqError
 
-class KafkaAuthenticationError(RuntimeError):
+
+class KafkaAuthenticationError(ChipqError, RuntimeError):
     """The cluster refused the credentials (SASL): nothing can be read until they are fixed."""
 
 

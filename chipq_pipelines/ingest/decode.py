@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import DeserializationError
 from chipq_pipelines.events.serialization import latest_reader_decoder
@@ -50,7 +51,7 @@ KafkaRecord = tuple[int, int, bytes | None, int | None, bytes | None]
 log = logging.getLogger(__name__)
 
 
-class RangeReadError(RuntimeError):
+class RangeReadError(ChipqError, RuntimeError):
     """The planned offsets could not be read (broker gone, data deleted)."""
 
 

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.ingest.client_errors import ClientErrors, KafkaAuthenticationError
 from chipq_pipelines.ingest.reader import PIPELINE_GROUP
@@ -27,7 +28,7 @@ _COORDINATOR_MOVING = {
 __all__ = ["KafkaAuthenticationError", "TopicNotReady", "cap_ranges", "plan_ranges", "rewind_group"]
 
 
-class TopicNotReady(RuntimeError):
+class TopicNotReady(ChipqError, RuntimeError):
     """The topic does not exist (yet) or has no partitions."""
 
 

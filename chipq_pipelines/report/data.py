@@ -20,10 +20,11 @@ from typing import Any
 
 import pandas as pd
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.warehouse.snapshot import open_snapshot
 
 
-class ReportError(RuntimeError):
+class ReportError(ChipqError, RuntimeError):
     """The report cannot be built (no snapshot yet, or not a chipq warehouse)."""
 
 

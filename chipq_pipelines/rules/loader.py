@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from chipq_pipelines.errors import ChipqError
+
 RULES_ENV = "CHIPQ_RULES"
 LEVELS = ("WARNING", "CRITICAL")
 DIRECTIONS = ("below", "above")
@@ -31,7 +33,7 @@ SPC_RULES = (
 )
 
 
-class RulesError(ValueError):
+class RulesError(ChipqError, ValueError):
     """The rules file is malformed; the message names the file and line."""
 
     def __init__(self, source: str, line: int | None, where: str, reason: str) -> None:

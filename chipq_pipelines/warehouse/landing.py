@@ -9,6 +9,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.warehouse import columns
 from chipq_pipelines.warehouse.marts import DAY_MART, LOT_MART
 from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
@@ -22,7 +23,7 @@ from chipq_pipelines.warehouse.types import (
 )
 
 
-class StaleOffsetRangeError(RuntimeError):
+class StaleOffsetRangeError(ChipqError, RuntimeError):
     """A range does not start where the warehouse left off: a stale or overlapping run.
 
     Landing it would skip or repeat offsets, so the whole batch is rolled back.

@@ -14,9 +14,9 @@ _SQL_PACKAGE = "chipq_pipelines.warehouse.sql"
 
 
 @cache
-def load_sql(name: str) -> str:
-    """Text of ``sql/<name>.sql`` (packaged with the module)."""
-    return resources.files(_SQL_PACKAGE).joinpath(f"{name}.sql").read_text(encoding="utf-8")
+def load_sql(name: str, package: str = _SQL_PACKAGE) -> str:
+    """Text of ``<name>.sql`` in ``package`` (default: the warehouse's own ``sql/``; each domain has its own)."""
+    return resources.files(package).joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
 def _ddl_names() -> list[str]:

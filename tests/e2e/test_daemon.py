@@ -203,7 +203,7 @@ def test_daemon_and_catch_up_take_turns_on_one_stream(pipeline_env, tmp_path) ->
                 deadline = time.monotonic() + DEADLINE_S
                 while _run_counts(pipeline_env)[0] < daemon_runs_before + 2:
                     assert not stream_errors, stream_errors
-                    assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / f"daemon-{turn}.log")
+                    assert daemon.poll() is None and time.monotonic() < deadline, tmp_path / f"daemon-{turn}.log"
                     time.sleep(1)
             finally:
                 _stop(daemon)  # SIGINT: a run in flight is interrupted and fails; the next planner re-plans it
