@@ -141,6 +141,7 @@ automation = dg.AutomationConditionSensorDefinition(
     target=dg.AssetSelection.all(),
     minimum_interval_seconds=10,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    run_tags={"dagster/max_retries": "2"},
     description=(
         "Evaluates the assets' automation conditions: when something other than a pipeline cycle changes "
         "a mart (the daily schedule, a backfill, the UI), the alerts and the analysts' view follow."

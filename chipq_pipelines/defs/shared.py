@@ -32,3 +32,8 @@ ON_UPSTREAM_CHANGE = (
 def warehouse_asset(**kwargs: Any) -> Callable[..., dg.AssetsDefinition]:
     """``@dg.asset`` for an asset that writes the warehouse: chipq's owner and the writer pool."""
     return dg.asset(owners=[OWNER], pool=WRITER_POOL, **kwargs)
+
+
+def warehouse_check(**kwargs: Any) -> Callable[..., dg.AssetChecksDefinition]:
+    """``@dg.asset_check`` for a check that reads the warehouse: in the writer pool (DuckDB's one process)."""
+    return dg.asset_check(pool=WRITER_POOL, **kwargs)

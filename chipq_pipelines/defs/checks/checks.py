@@ -33,7 +33,7 @@ from chipq_pipelines.checks.quality import (
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.partitions import lot_id_from_partition_key
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
-from chipq_pipelines.defs.shared import OWNER, WRITER_POOL
+from chipq_pipelines.defs.shared import warehouse_asset, warehouse_check
 
 
 class RecentWindowConfig(dg.Config):
@@ -80,11 +80,10 @@ def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: st
     )
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=lot_quality_scores,
     name="lot_quality_data_quality",
     blocking=True,
-    pool=WRITER_POOL,
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
         "blank lot ids, mean/min score and pass_rate within [0, 1] (the run's lots, or the recent window's)."
@@ -99,11 +98,10 @@ def lot_quality_data_quality(
     return _quality_result(counts, LOT_PROBLEMS, scope.label)
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=defect_rates,
     name="defect_rates_data_quality",
     blocking=True,
-    pool=WRITER_POOL,
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
         "blank lot ids, defect_rate within [0, 1] (the run's days, or the recent window)."
@@ -144,10 +142,9 @@ def _freshness_result(measured: dict, config: FreshnessConfig, what: str, scope:
     return dg.AssetCheckResult(passed=stale == 0, metadata=metadata, description=description)
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=lot_quality_scores,
     name="lot_quality_freshness",
-    pool=WRITER_POOL,
     description="No lot's mart row older than its newest landed completed event by more than max_lag_seconds.",
 )
 def lot_quality_freshness(
@@ -159,10 +156,9 @@ def lot_quality_freshness(
     return _freshness_result(measured, config, "lot", scope)
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=defect_rates,
     name="defect_rates_freshness",
-    pool=WRITER_POOL,
     description="No day's defect rates older than its newest landed completed event by more than max_lag_seconds.",
 )
 def defect_rates_freshness(
@@ -177,12 +173,10 @@ def defect_rates_freshness(
 # ---------------------------------------------------------------- end to end
 
 
-@dg.asset(
+@warehouse_asset(
     key=["ops", "e2e_flow_probe"],
     group_name="flow_checks",
-    owners=[OWNER],
     kinds={"kafka", "duckdb"},
-    pool=WRITER_POOL,
     description=(
         "End-to-end probe: publishes one canary INSPECTION_COMPLETED (metadata chipq_canary = 'true', lot "
         f"`{flow.CANARY_LOT_ID}`) to the inspection topic and records it in `ops.canaries`. Its checks verify "
@@ -212,10 +206,9 @@ class CanaryConfig(dg.Config):
     sla_seconds: float = 120.0
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=e2e_flow_probe,
     name="canary_within_sla",
-    pool=WRITER_POOL,
     description="The previous canary landed in raw.inspection_events within the SLA and no mart counts it.",
 )
 def canary_within_sla(
@@ -235,10 +228,9 @@ class OffsetsConfig(dg.Config):
     max_stall_seconds: float = 300.0
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=e2e_flow_probe,
     name="kafka_offsets_reconciled",
-    pool=WRITER_POOL,
     description=(
         "Per topic partition, Kafka's high watermark vs the landed offset in ops.ingested_offsets: fails on "
         "an offset landed beyond the watermark, or records waiting longer than max_stall_seconds."
@@ -272,10 +264,9 @@ class CountsConfig(RecentWindowConfig):
     settle_seconds: float = 600.0
 
 
-@dg.asset_check(
+@warehouse_check(
     asset=e2e_flow_probe,
     name="raw_marts_reconciled",
-    pool=WRITER_POOL,
     description=(
         "Per settled lot of the recent window (lots with rows on the last recent_days UTC days), distinct "
         "completed inspections in raw vs inspections_completed in marts.lot_quality_scores, and the totals."

@@ -119,6 +119,7 @@ defect_rates_job = dg.define_asset_job(
     "materialize_defect_rates",
     selection=[defect_rates],
     description="Rewrite days of marts.defect_rates (the daily schedule's job; any range from the UI).",
+    tags={"dagster/max_retries": "2"},  # a broker or disk hiccup at 00:15 is retried by Dagster
 )
 lot_quality_job = dg.define_asset_job(
     "materialize_lot_quality",
