@@ -83,7 +83,10 @@ def kafka_status(port: int) -> None:
 
 @main.command("catch-up")
 @click.option(
-    "--max-rounds", default=10_000, show_default=True, help="Stop after this many sensor rounds (not with --follow)."
+    "--max-rounds",
+    default=10_000,
+    show_default=True,
+    help="Stop after this many cycles (not with --follow); a stream that never runs dry needs it.",
 )
 @click.option("--follow", is_flag=True, help="Keep going until stopped: the pipeline without the Dagster daemon.")
 @click.option(
@@ -96,9 +99,11 @@ def kafka_status(port: int) -> None:
 def catch_up_command(max_rounds: int, follow: bool, interval: float) -> None:
     """Ingest and materialize everything new, in this process, until done.
 
-    Evaluates the offset-planner sensors and the mart partition sensor against
-    the Dagster instance in DAGSTER_HOME (default $CHIPQ_HOME/dagster) and runs
-    what they request. The runs show in the Dagster UI afterwards.
+    Evaluates kafka_offsets_sensor against the Dagster instance in DAGSTER_HOME
+    (default $CHIPQ_HOME/dagster), as the daemon does, and executes the
+    pipeline_cycle runs it requests (land, marts, alerts, analysts' view). The
+    runs show in the Dagster UI. It can take turns with the daemon (`chipq ui`)
+    on the same stream at any time.
 
     With --follow it keeps the pipeline running without the Dagster daemon:
     pass after pass (one sensor round each) while there is work, a look every

@@ -12,7 +12,7 @@ import pytest
 
 from chipq_pipelines.definitions import build_defs
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
-from chipq_pipelines.runner import catch_up, ensure_dagster_home
+from chipq_pipelines.runner import CatchUpError, catch_up, ensure_dagster_home
 from chipq_pipelines.warehouse.schema import connect
 
 pytestmark = pytest.mark.e2e
@@ -192,3 +192,35 @@ def test_data_quality_freshness_and_raw_vs_marts(pipeline_env) -> None:
         lot_quality_freshness={"max_lag_seconds": 86400}, defect_rates_freshness={"max_lag_seconds": 86400}
     )
     assert _failing(relaxed) == {"raw_marts_reconciled"}
+
+
+def test_a_failing_blocking_check_in_a_cycle_stops_that_cycles_alerts_and_view(pipeline_env) -> None:
+    prefix = f"GATE-{uuid.uuid4().hex[:6]}"
+    _publish(pipeline_env, _events(prefix, lots=1))
+    _catch_up()
+    # A duplicated raw row of the lot, then a new event for it: the next cycle rewrites that lot and day.
+    _warehouse_sql(
+        pipeline_env,
+        f"INSERT INTO raw.inspection_events SELECT * FROM raw.inspection_events WHERE batch_id = '{prefix}-0' LIMIT 1",
+    )
+    _publish(pipeline_env, [{**_events(prefix, lots=1, chips=11)[-1], "event_id": str(uuid.uuid4())}])
+    with pytest.raises(CatchUpError):
+        catch_up(defs=build_defs(), echo=print, max_rounds=1)
+    ensure_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(dg.RunsFilter(job_name="pipeline_cycle"), limit=1)
+        steps: dict[str, str] = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is not None and event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+                steps[event.step_key] = event.event_type_value
+            if event is not None and event.event_type_value == "ASSET_CHECK_EVALUATION":
+                evaluation = event.event_specific_data
+                if evaluation.check_name == "lot_quality_data_quality":  # type: ignore[union-attr]
+                    scope = evaluation.metadata["scope"].value  # type: ignore[union-attr]
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    assert steps["raw__inspection_events"] == "STEP_SUCCESS"  # landed (nothing is lost)
+    assert steps["marts__lot_quality_scores_lot_quality_data_quality"] == "STEP_FAILURE"
+    # Dagster did not run what depends on the failing check: no alert, no view from that data
+    assert "ops__alert_outbox" not in steps and "analyst_snapshot" not in steps
+    assert f"{prefix}-0" in str(scope)  # the check looked at exactly the lot this run rewrote

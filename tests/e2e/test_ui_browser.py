@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 
 from chipq_pipelines.definitions import build_defs
@@ -133,8 +134,11 @@ def webserver(pipeline_env, tmp_path: Path) -> Iterator[Webserver]:
     sim = generate(events, seed=5, lots=lots, start=default_start(events, lots))
     publish_simulation(sim, pipeline_env.kafka_config, topic=pipeline_env.inspection_topic, progress=False)
     started = time.monotonic()
-    catch_up(defs=build_defs(), echo=lambda _line: None)
+    defs = build_defs()
+    catch_up(defs=defs, echo=lambda _line: None)
     print(f"pipeline caught up on {len(sim.records):,} records in {time.monotonic() - started:.1f} s")
+    with dg.DagsterInstance.get() as instance:  # what flow_checks_schedule runs every 5 minutes (freshness too)
+        assert defs.resolve_job_def("flow_checks").execute_in_process(instance=instance, raise_on_error=False).success
     instance_yaml = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
     with instance_yaml.open("a") as settings:  # this test's instance only: no newsletter pop-up over the screenshots
         settings.write("\nnux:\n  enabled: false\n")
@@ -206,7 +210,7 @@ def test_asset_graph_lists_ingest_marts_and_checks_and_report_renders(
         statuses = {
             c["executionForLatestMaterialization"]["status"] for c in nodes[mart]["assetChecksOrError"]["checks"]
         }
-        assert statuses == {"SUCCEEDED"}, f"{mart}: checks after catch-up: {statuses}"
+        assert statuses == {"SUCCEEDED"}, f"{mart}: checks after catch-up and the flow checks: {statuses}"
 
     # the rendered pages, saved as screenshots for the human record
     groups = f"{webserver.url}/locations/{LOCATION}/asset-groups"
