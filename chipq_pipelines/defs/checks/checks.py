@@ -30,11 +30,10 @@ from chipq_pipelines.checks.quality import (
     lot_scope,
     measure_freshness,
 )
-from chipq_pipelines.defs.ingest.assets import raw_inspection_events
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.partitions import lot_id_from_partition_key
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
-from chipq_pipelines.defs.shared import RAW_INSPECTIONS, warehouse_asset, warehouse_check
+from chipq_pipelines.defs.shared import warehouse_asset, warehouse_check
 
 
 class RecentWindowConfig(dg.Config):
@@ -51,18 +50,10 @@ class RecentWindowConfig(dg.Config):
 
 
 def _partition_keys(context: dg.AssetCheckExecutionContext) -> list[str] | None:
-    """The partitions to check: the run's own (one, or every key of its range); in a run whose ingest step
-    rewrote partitions of the checked mart (a pipeline cycle), those; else None (the recent window)."""
+    """The run's partition keys (one, or every key of its range); None in an unpartitioned run."""
     if context.has_partition_key or context.has_partition_key_range:
         return list(context.partition_keys)
-    records = context.instance.get_records_for_run(
-        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
-    ).records
-    materialized = [r.asset_materialization for r in records if r.asset_materialization is not None]
-    if not any(m.asset_key == RAW_INSPECTIONS for m in materialized):
-        return None
-    mart = context.check_specs[0].asset_key
-    return sorted({m.partition for m in materialized if m.asset_key == mart and m.partition is not None})
+    return None
 
 
 def _lot_ids(context: dg.AssetCheckExecutionContext) -> list[str] | None:
@@ -93,8 +84,6 @@ def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: st
     asset=lot_quality_scores,
     name="lot_quality_data_quality",
     blocking=True,
-    # in a pipeline cycle the ingest step rewrites the marts: the check comes after it
-    additional_deps=[raw_inspection_events],
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
         "blank lot ids, mean/min score and pass_rate within [0, 1] (the run's lots, or the recent window's)."
@@ -113,7 +102,6 @@ def lot_quality_data_quality(
     asset=defect_rates,
     name="defect_rates_data_quality",
     blocking=True,
-    additional_deps=[raw_inspection_events],
     description=(
         "Blocking: no duplicate event ids, quality scores and defect confidences within [0, 1], no null or "
         "blank lot ids, defect_rate within [0, 1] (the run's days, or the recent window)."
