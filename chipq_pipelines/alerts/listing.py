@@ -6,13 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from chipq_pipelines.warehouse.schema import load_sql
+from chipq_pipelines.alerts.sql import load as _sql
 from chipq_pipelines.warehouse.snapshot import open_snapshot
-
-
-def _sql(name: str) -> str:
-    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.alerts.sql``)."""
-    return load_sql(name, package="chipq_pipelines.alerts.sql")
 
 
 def recent_alerts(

@@ -19,6 +19,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from chipq_pipelines.alerts.sql import load as _sql
 from chipq_pipelines.events import builders
 from chipq_pipelines.events.delivery import DeliveryReport
 from chipq_pipelines.ingest.reader import FAULT_ENV
@@ -32,13 +33,7 @@ from chipq_pipelines.rules.spc import (
     freeze_baseline,
     lots_to_rejudge,
 )
-from chipq_pipelines.warehouse.schema import load_sql, transaction
-
-
-def _sql(name: str) -> str:
-    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.alerts.sql``)."""
-    return load_sql(name, package="chipq_pipelines.alerts.sql")
-
+from chipq_pipelines.warehouse.schema import transaction
 
 log = logging.getLogger(__name__)
 

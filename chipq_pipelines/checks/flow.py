@@ -14,17 +14,11 @@ import duckdb
 from confluent_kafka import Consumer, TopicPartition
 
 from chipq_pipelines.checks.quality import RECENT_DAYS, lot_scope
+from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY
 from chipq_pipelines.warehouse.landing import landed_offsets
-from chipq_pipelines.warehouse.schema import load_sql
-
-
-def _sql(name: str) -> str:
-    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.checks.sql``)."""
-    return load_sql(name, package="chipq_pipelines.checks.sql")
-
 
 CANARY_LOT_ID = "chipq-canary"
 CALL_TIMEOUT_S = 5.0

@@ -17,13 +17,8 @@ from typing import Any
 
 import duckdb
 
+from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.warehouse.schema import load_sql
-
-
-def _sql(name: str) -> str:
-    """Text of ``sql/<name>.sql`` beside this module (``chipq_pipelines.checks.sql``)."""
-    return load_sql(name, package="chipq_pipelines.checks.sql")
-
 
 #: Counters of the data-quality queries that must be zero.
 LOT_PROBLEMS = (
@@ -77,8 +72,8 @@ def _span(days: Sequence[dt.date]) -> str:
     return f"{min(days)}..{max(days)}" if days else "no days"
 
 
-def _column(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> list[Any]:
-    return [row[0] for row in conn.execute(_sql(name), params).fetchall()]
+def _column(conn: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> list[Any]:
+    return [row[0] for row in conn.execute(sql, params).fetchall()]
 
 
 def lot_scope(
@@ -87,7 +82,7 @@ def lot_scope(
     """The lots ``lot_ids`` (None: those with rows in the recent window) and every day they have rows on."""
     if lot_ids is None:
         window = recent_window(recent_days)
-        lots = _column(conn, "lots_on_days", {"days": window})
+        lots = _column(conn, _sql("lots_on_days"), {"days": window})
         label = f"lots on {_span(window)} ({len(lots)} lots)"
     else:
         lots = sorted(set(lot_ids))
@@ -95,7 +90,7 @@ def lot_scope(
         if len(lots) > 1:
             label += f": {lots[0]!r} … {lots[-1]!r}"
     # the warehouse's own bookkeeping query (the mart rewrites use it too)
-    days = [row[0] for row in conn.execute(load_sql("lot_days_of_lots"), {"lots": lots}).fetchall()] if lots else []
+    days = _column(conn, load_sql("lot_days_of_lots"), {"lots": lots}) if lots else []
     return Scope(days=tuple(days), lot_ids=tuple(lots), label=label)
 
 

@@ -59,10 +59,8 @@ def _record_mart_partitions(context: dg.AssetExecutionContext, summary: IngestSu
     """Add new lots to the ``lots`` partitions and record each rewritten partition's materialization."""
     instance = context.instance
     run = {"rewritten_by": dg.MetadataValue.text(f"{context.asset_key.to_user_string()} (run {context.run.run_id})")}
-    known_days = set(daily_partitions.get_partition_keys())
-    days = sorted(d.isoformat() for d in summary.touched_event_dates)
-    for day in days:
-        if day in known_days:
+    for day in sorted(d.isoformat() for d in summary.touched_event_dates):
+        if daily_partitions.has_partition_key(day):
             context.log_event(dg.AssetMaterialization(asset_key=DEFECT_RATES, partition=day, metadata=run))
         else:
             context.log.warning(f"event date {day} has no defect_rates partition (rewritten, not recorded)")
