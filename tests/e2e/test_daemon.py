@@ -57,6 +57,20 @@ def _lot_counts(snapshot: Path) -> dict[str, int]:
     return dict(zip(frame["lot_id"], frame["inspections_completed"].astype(int), strict=True))
 
 
+def _start_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """``dagster-daemon run`` on the workspace, in a session of its own (``_stop`` signals the group)."""
+    dagster_daemon = Path(sys.executable).with_name("dagster-daemon")
+    with open(log_path, "wb") as log:  # the child keeps its own handle
+        return subprocess.Popen(
+            [str(dagster_daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def _stop(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGINT)
@@ -71,16 +85,7 @@ def test_daemon_sensors_carry_new_events_to_the_marts_alongside_catch_up_and_ana
     ensure_dagster_home()
     env = {**os.environ, **pipeline_env.env}
     daemon_log = tmp_path / "daemon.log"
-    dagster_daemon = Path(sys.executable).with_name("dagster-daemon")
-    with open(daemon_log, "wb") as log:
-        daemon = subprocess.Popen(
-            [str(dagster_daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    daemon = _start_daemon(env, daemon_log)
     query_errors: list[str] = []
     queries = 0
     stop_queries = threading.Event()
@@ -185,20 +190,11 @@ def test_daemon_and_catch_up_take_turns_on_one_stream(pipeline_env, tmp_path) ->
 
     producer = threading.Thread(target=stream, daemon=True)
     producer.start()
-    dagster_daemon = Path(sys.executable).with_name("dagster-daemon")
     turns: list[tuple[int, int]] = []
     try:
         for turn in range(3):
             daemon_runs_before = _run_counts(pipeline_env)[0]
-            log = open(tmp_path / f"daemon-{turn}.log", "wb")  # noqa: SIM115 (closed below)
-            daemon = subprocess.Popen(
-                [str(dagster_daemon), "run", "-w", str(REPO_ROOT / "workspace.yaml")],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            daemon = _start_daemon(env, tmp_path / f"daemon-{turn}.log")
             try:  # the daemon's turn: until it has run two cycles of its own, mid-stream
                 deadline = time.monotonic() + DEADLINE_S
                 while _run_counts(pipeline_env)[0] < daemon_runs_before + 2:
@@ -207,7 +203,6 @@ def test_daemon_and_catch_up_take_turns_on_one_stream(pipeline_env, tmp_path) ->
                     time.sleep(1)
             finally:
                 _stop(daemon)  # SIGINT: a run in flight is interrupted and fails; the next planner re-plans it
-                log.close()
             catch_up = subprocess.run(  # catch-up's turn, while the stream goes on (which never runs dry)
                 [sys.executable, "-m", "chipq_pipelines.cli", "catch-up", "--max-rounds", "3"],
                 env=env,
