@@ -17,10 +17,9 @@ from chipq_pipelines.checks.quality import RECENT_DAYS, lot_scope
 from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
-from chipq_pipelines.warehouse.columns import CANARY_METADATA_KEY
+from chipq_pipelines.warehouse.columns import CANARY_LOT_ID, CANARY_METADATA_KEY
 from chipq_pipelines.warehouse.landing import landed_offsets
 
-CANARY_LOT_ID = "chipq-canary"
 CALL_TIMEOUT_S = 5.0
 
 

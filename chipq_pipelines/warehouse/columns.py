@@ -17,6 +17,8 @@ import pyarrow.compute as pc
 from chipq_pipelines.warehouse.types import KafkaCoordinates, LandedEvent, RejectedRecord
 
 CANARY_METADATA_KEY = "chipq_canary"
+#: The lot of chipq's end-to-end canaries: only events of this lot can be canaries (see ``is_canary``).
+CANARY_LOT_ID = "chipq-canary"
 
 _UTC = pa.timestamp("us", tz="UTC")
 _STRING_MAP = pa.map_(pa.string(), pa.string())
@@ -134,9 +136,13 @@ _QUALITY_COPIED = (
 )
 
 
-def is_canary(metadata: dict[str, str] | None) -> bool:
-    """Whether an event's metadata marks it as an end-to-end canary."""
-    return metadata is not None and metadata.get(CANARY_METADATA_KEY) == "true"
+def is_canary(metadata: dict[str, str] | None, lot_id: str | None) -> bool:
+    """Whether an event is one of chipq's end-to-end canaries: marked so, and of the canary lot.
+
+    Both, because canaries are kept out of the marts: a producer that marks an event of a real
+    lot as a canary must not be able to hide it from the quality figures.
+    """
+    return lot_id == CANARY_LOT_ID and metadata is not None and metadata.get(CANARY_METADATA_KEY) == "true"
 
 
 def utc_date(moment: dt.datetime) -> dt.date:
@@ -202,7 +208,9 @@ def inspection_tables(events: Sequence[LandedEvent], ingested_at: dt.datetime) -
     arrays["event_date"] = event_date
     arrays["defect_count"] = pa.array([len(d) for d in event_defects], pa.int32())
     arrays["metadata"] = pa.array([list(m.items()) for m in metadata], _STRING_MAP)
-    arrays["is_canary"] = pa.array([m.get(CANARY_METADATA_KEY) == "true" for m in metadata], pa.bool_())
+    arrays["is_canary"] = pa.array(
+        [is_canary(m, lot_id) for m, lot_id in zip(metadata, values["batch_id"], strict=True)], pa.bool_()
+    )
     arrays.update(_landing_columns(coordinates, ingested_at))
     inspections = pa.Table.from_pydict(
         {name: arrays[name] for name in INSPECTION_SCHEMA.names}, schema=INSPECTION_SCHEMA
@@ -239,7 +247,7 @@ def quality_table(events: Sequence[LandedEvent], ingested_at: dt.datetime) -> pa
         columns["scope"].append(event.get("scope") or "INSPECTION")
         columns["event_date"].append(dt.date.fromisoformat(event_date) if event_date else None)
         columns["metadata"].append(list(metadata.items()))
-        columns["is_canary"].append(is_canary(metadata))
+        columns["is_canary"].append(is_canary(metadata, event.get("batch_id")))
         columns["kafka_topic"].append(coordinates.topic)
         columns["kafka_partition"].append(coordinates.partition)
         columns["kafka_offset"].append(coordinates.offset)

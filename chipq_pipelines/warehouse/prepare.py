@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 from chipq_pipelines.warehouse import columns
 from chipq_pipelines.warehouse.types import Event, LandedEvent, RejectedRecord, ValidationBounds
 from chipq_pipelines.warehouse.validation import (
+    CONTROL_CHARACTERS_RE2,
+    INSPECTION_IDS,
+    INSPECTION_OPTIONAL_IDS,
     inspection_event_problem,
     quality_event_problem,
     rejected_from_event,
@@ -80,14 +83,27 @@ def _out_of_unit_interval(values: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pc.fill_null(outside, False)
 
 
+def _bad_identifiers(table: pa.Table) -> pa.Array:
+    """Rows with a blank required identifier or a control character in any identifier."""
+    bad = None
+    for name in (*INSPECTION_IDS, *INSPECTION_OPTIONAL_IDS):
+        values = table[name]
+        flagged = pc.fill_null(pc.match_substring_regex(values, CONTROL_CHARACTERS_RE2), False)
+        if name in INSPECTION_IDS:
+            flagged = pc.or_(flagged, pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), 0))
+        bad = flagged if bad is None else pc.or_(bad, flagged)
+    return bad
+
+
 def _schema_checked_inspections(
     events: Sequence[LandedEvent], ingested_at: dt.datetime, bounds: ValidationBounds, rejects: list[RejectedRecord]
 ) -> tuple[pa.Table, pa.Table, int]:
     """Tables of Avro-decoded inspection events, checked column by column.
 
     The Avro schema already guarantees types, required fields and enum symbols, so
-    only values are checked here, on whole Arrow columns: scores and confidences in
-    [0, 1], finite locations, event times within the bounds. A chunk with a flagged
+    only values are checked here, on whole Arrow columns: identifiers (not blank, no
+    control characters), scores and confidences in [0, 1], finite locations, event
+    times within the bounds. A chunk with a flagged
     row (rare) is validated field by field instead, so that reasons and the choice of
     which occurrence of an event id lands are exactly those of the general path.
     """
@@ -97,7 +113,7 @@ def _schema_checked_inspections(
         return inspections, defects, duplicates
     times = inspections["event_time"]
     suspect = pc.or_(
-        _out_of_unit_interval(inspections["quality_score"]),
+        pc.or_(_out_of_unit_interval(inspections["quality_score"]), _bad_identifiers(inspections)),
         pc.or_(
             pc.less(times, pa.scalar(bounds.earliest_event_time, times.type)),
             pc.greater(times, pa.scalar(ingested_at + bounds.max_future, times.type)),

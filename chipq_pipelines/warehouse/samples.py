@@ -121,6 +121,8 @@ def random_stream(seed: int, *, lots: Sequence[str] = ("LOT-A", "LOT-B", "LOT-C"
         chip_id = f"chip-{rng.randint(0, 50)}"  # chips repeat across inspections and lots
         created_at = BASE_TIME + dt.timedelta(hours=rng.uniform(0, 24 * 4))
         canary = {"chipq_canary": "true"} if rng.random() < 0.05 else {}
+        if canary and rng.random() < 0.5:
+            lot_id = "chipq-canary"  # a real canary; the other half are marked in real lots, so not canaries
         common = {"inspection_id": inspection_id, "batch_id": lot_id, "chip_id": chip_id, "metadata": canary}
         events.append(
             inspection_event(

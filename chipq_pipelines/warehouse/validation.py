@@ -1,6 +1,10 @@
-"""Checks the Avro schema cannot express: score ranges, NaN, absurd event times.
+"""Checks the Avro schema cannot express: identifiers, score ranges, NaN, absurd event times.
 
 Each check returns ``None`` for a good event, or the reason it is rejected.
+Identifiers (event, inspection, lot and chip ids) become keys: of mart
+partitions, Dagster partitions, Kafka messages and terminal output. One that is
+blank, whitespace only or holds a control character cannot be any of those, so
+the event is rejected with the reason instead of landing as a lot nobody can name.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from typing import Any
 
 from chipq_pipelines.warehouse.types import Event, KafkaCoordinates, RejectedRecord, ValidationBounds
@@ -17,6 +22,15 @@ QUALITY_EVENT_TYPES = frozenset({"QUALITY_ASSESSED", "THRESHOLD_VIOLATED"})
 QUALITY_SCOPES = frozenset({"INSPECTION", "LOT", "DAY"})
 SEVERITIES = frozenset({"LOW", "MEDIUM", "HIGH", "CRITICAL"})
 ALERT_LEVELS = frozenset({"WARNING", "CRITICAL"})
+#: C0 and C1 control characters and DEL (Unicode category Cc): never part of an identifier.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: The same class for RE2 (pyarrow.compute), which ingest's column-wise check uses.
+CONTROL_CHARACTERS_RE2 = "[\\x{00}-\\x{1f}\\x{7f}-\\x{9f}]"
+#: Identifier fields of each event kind: required ones must be non-blank; no identifier may hold a control character.
+INSPECTION_IDS = ("event_id", "inspection_id", "batch_id", "chip_id")
+INSPECTION_OPTIONAL_IDS = ("wafer_id", "station_id", "recipe_id")
+QUALITY_IDS = ("event_id",)
+QUALITY_OPTIONAL_IDS = ("inspection_id", "batch_id", "chip_id")
 
 
 def _is_number(value: Any) -> bool:
@@ -66,6 +80,28 @@ def _optional_strings_problem(event: Event, names: tuple[str, ...]) -> str | Non
     return None
 
 
+def identifier_problem(name: str, value: str, *, required: bool = True) -> str | None:
+    """Why ``value`` cannot serve as identifier ``name``, or ``None``."""
+    if required and not value.strip():
+        return f"{name} is blank" if not value else f"{name} is whitespace only ({value!r})"
+    if CONTROL_CHARACTERS.search(value):
+        return f"{name} holds a control character: {value!r}"
+    return None
+
+
+def _identifiers_problem(event: Event, required: tuple[str, ...], optional: tuple[str, ...]) -> str | None:
+    for name in required:
+        problem = identifier_problem(name, event[name])
+        if problem:
+            return problem
+    for name in optional:
+        value = event.get(name)
+        problem = identifier_problem(name, value, required=False) if value is not None else None
+        if problem:
+            return problem
+    return None
+
+
 def _metadata_problem(event: Event) -> str | None:
     metadata = event.get("metadata") or {}
     if not isinstance(metadata, dict):
@@ -79,7 +115,8 @@ def inspection_event_problem(event: Event, ingested_at: dt.datetime, bounds: Val
     """Why a decoded inspection event cannot land in ``raw.inspection_events``, or ``None``."""
     problem = _required_strings_problem(event, ("event_id", "inspection_id", "batch_id", "chip_id"))
     problem = problem or _required_strings_problem(event, ("inspection_type", "status"))
-    problem = problem or _optional_strings_problem(event, ("correlation_id", "wafer_id", "station_id", "recipe_id"))
+    problem = problem or _optional_strings_problem(event, ("correlation_id", *INSPECTION_OPTIONAL_IDS))
+    problem = problem or _identifiers_problem(event, INSPECTION_IDS, INSPECTION_OPTIONAL_IDS)
     if problem:
         return problem
     if event.get("event_type") not in INSPECTION_EVENT_TYPES:
@@ -122,8 +159,9 @@ def quality_event_problem(event: Event, ingested_at: dt.datetime, bounds: Valida
     """Why a decoded quality event cannot land in ``raw.quality_events``, or ``None``."""
     problem = _required_strings_problem(event, ("event_id",))
     problem = problem or _optional_strings_problem(
-        event, ("correlation_id", "inspection_id", "batch_id", "chip_id", "defect_type", "rule", "model_version")
+        event, ("correlation_id", *QUALITY_OPTIONAL_IDS, "defect_type", "rule", "model_version")
     )
+    problem = problem or _identifiers_problem(event, QUALITY_IDS, QUALITY_OPTIONAL_IDS)
     if problem:
         return problem
     if event.get("event_type") not in QUALITY_EVENT_TYPES:

@@ -250,6 +250,14 @@ def test_rejected_records_keep_raw_bytes_key_and_reason(conn: duckdb.DuckDBPyCon
         ({"event_time": INGESTED_AT + dt.timedelta(days=1, seconds=1)}, "after ingest"),
         ({"event_time": dt.datetime(2025, 3, 1)}, "no time zone"),
         ({"event_type": "INSPECTION_EXPLODED"}, "not an inspection event type"),
+        ({"batch_id": ""}, "batch_id is blank"),
+        ({"batch_id": " \t\u00a0"}, "batch_id is whitespace only"),
+        ({"chip_id": "   "}, "chip_id is whitespace only"),
+        ({"inspection_id": ""}, "inspection_id is blank"),
+        ({"batch_id": "LOT-\x1b[31mRED"}, "batch_id holds a control character"),
+        ({"chip_id": "C\n1"}, "chip_id holds a control character"),
+        ({"station_id": "ST\x00"}, "station_id holds a control character"),
+        ({"inspection_id": "I\x85"}, "inspection_id holds a control character"),
     ],
 )
 def test_invalid_inspection_events_are_rejected_with_their_bytes(
@@ -298,18 +306,22 @@ def test_quality_events_land_and_are_validated(conn: duckdb.DuckDBPyConnection) 
     )
     violated = quality_event()
     bad_date = quality_event(event_date="10/03/2025")
+    bad_lot = quality_event(batch_id="LOT\r\nX-Injected: yes")
+    blank_id = quality_event(event_id=" ")
     result = land_batch(
         conn,
         topic=QUALITY_TOPIC,
-        offset_ranges={0: (0, 4)},
+        offset_ranges={0: (0, 6)},
         quality_events=[
             (assessed, at(0, 0, QUALITY_TOPIC)),
             (violated, at(0, 1, QUALITY_TOPIC)),
             (bad_date, at(0, 2, QUALITY_TOPIC)),
             (dict(violated), at(0, 3, QUALITY_TOPIC)),
+            (bad_lot, at(0, 4, QUALITY_TOPIC)),
+            (blank_id, at(0, 5, QUALITY_TOPIC)),
         ],
     )
-    assert (result.inserted_quality_events, result.rejected, result.duplicates) == (2, 1, 1)
+    assert (result.inserted_quality_events, result.rejected, result.duplicates) == (2, 3, 1)
     assert result.touched_lot_ids == frozenset()
     rows = conn.execute(
         "SELECT event_type, scope, event_date, quality_score, pass_fail, alert_level, model_version "
@@ -319,10 +331,10 @@ def test_quality_events_land_and_are_validated(conn: duckdb.DuckDBPyConnection) 
         ("QUALITY_ASSESSED", "INSPECTION", None, 0.7, False, "CRITICAL", "m2"),
         ("THRESHOLD_VIOLATED", "DAY", dt.date(2025, 3, 10), None, False, "CRITICAL", None),
     ]
-    assert (
-        "event_date '10/03/2025' is not YYYY-MM-DD"
-        in conn.execute("SELECT reason FROM ops.rejected_events").fetchone()[0]
-    )
+    reasons = [reason for (reason,) in conn.execute("SELECT reason FROM ops.rejected_events ORDER BY \"offset\"").fetchall()]
+    assert "event_date '10/03/2025' is not YYYY-MM-DD" in reasons[0]
+    assert "batch_id holds a control character" in reasons[1]
+    assert "event_id is whitespace only" in reasons[2]
 
 
 def test_touched_partitions_come_from_new_non_canary_completions(conn: duckdb.DuckDBPyConnection) -> None:
@@ -332,21 +344,22 @@ def test_touched_partitions_come_from_new_non_canary_completions(conn: duckdb.Du
     batch = [
         inspection_event(batch_id="LOT-1", event_time=day1),
         inspection_event(batch_id="LOT-2", event_time=day2, event_type="INSPECTION_CREATED", quality_score=None),
-        inspection_event(batch_id="LOT-CANARY", event_time=day2, metadata={"chipq_canary": "true"}),
+        inspection_event(batch_id="chipq-canary", event_time=day2, metadata={"chipq_canary": "true"}),
+        # marked as a canary, but of a real lot: counted like any other (a producer cannot hide events)
+        inspection_event(batch_id="LOT-SPOOF", event_time=day1, metadata={"chipq_canary": "true"}),
         inspection_event(batch_id="LOT-BAD", event_time=day2, quality_score=math.nan),
         dict(already),
     ]
     result = land_batch(
         conn,
         topic=INSPECTION_TOPIC,
-        offset_ranges={0: (1, 6)},
+        offset_ranges={0: (1, 7)},
         inspection_events=[(event, at(0, 1 + i)) for i, event in enumerate(batch)],
     )
     assert result.touched_event_dates == {day1.date()}
-    assert result.touched_lot_ids == {"LOT-1"}
-    assert conn.execute("SELECT is_canary FROM raw.inspection_events WHERE batch_id = 'LOT-CANARY'").fetchone() == (
-        True,
-    )
+    assert result.touched_lot_ids == {"LOT-1", "LOT-SPOOF"}
+    flags = dict(conn.execute("SELECT batch_id, is_canary FROM raw.inspection_events").fetchall())
+    assert (flags["chipq-canary"], flags["LOT-SPOOF"]) == (True, False)
 
 
 def test_hostile_lot_ids_are_stored_verbatim_and_queryable(conn: duckdb.DuckDBPyConnection) -> None:
@@ -409,6 +422,9 @@ def test_column_wise_checks_of_decoded_events_match_the_field_by_field_ones() ->
             events[5]["event_time"] = BASE_TIME.replace(year=1999)
             events[7]["defects"] = [defect(confidence=1.5)]
             events[9]["defects"] = [{**defect(), "location": {"x": math.inf, "y": 0.0}}]
+            events[11]["batch_id"] = "  "
+            events[12]["chip_id"] = "CHIP\x1b[2J"
+            events[13]["wafer_id"] = "W\x7f"
             events.append({**events[2], "quality_score": 0.5})  # a valid repeat of a rejected event id
         return [(event, at(i % 2, i)) for i, event in enumerate(events)]
 
@@ -421,4 +437,4 @@ def test_column_wise_checks_of_decoded_events_match_the_field_by_field_ones() ->
         assert checked.defects.equals(general.defects)
         assert checked.rejects == general.rejects
         assert checked.in_batch_duplicates == general.in_batch_duplicates
-        assert len(general.rejects) == (4 if bad else 0)
+        assert len(general.rejects) == (7 if bad else 0)

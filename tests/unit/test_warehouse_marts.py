@@ -19,6 +19,7 @@ from chipq_pipelines.warehouse import (
     rewrite_lot_quality,
     rewrite_lots,
 )
+from chipq_pipelines.warehouse.columns import CANARY_LOT_ID, is_canary
 from chipq_pipelines.warehouse.samples import (
     BASE_TIME,
     HOSTILE_LOT_IDS,
@@ -75,7 +76,7 @@ def landed_completions(stream: Stream) -> pd.DataFrame:
         if event["event_id"] in seen:
             continue
         seen.add(event["event_id"])
-        if event["event_type"] != "INSPECTION_COMPLETED" or event["metadata"].get("chipq_canary") == "true":
+        if event["event_type"] != "INSPECTION_COMPLETED" or is_canary(event["metadata"], event["batch_id"]):
             continue
         rows.append(
             {
@@ -230,7 +231,9 @@ def test_lot_quality_threshold_null_scores_and_latest_completion(conn: duckdb.Du
         inspection_event(inspection_id="i3", chip_id="c2", event_time=t0, quality_score=0.86, defects=[]),
         # not counted: a creation and a canary completion
         inspection_event(inspection_id="i4", chip_id="c4", event_type="INSPECTION_CREATED", quality_score=None),
-        inspection_event(inspection_id="i5", chip_id="c5", quality_score=0.0, metadata={"chipq_canary": "true"}),
+        inspection_event(
+            inspection_id="i5", chip_id="c5", quality_score=0.0, batch_id=CANARY_LOT_ID, metadata={"chipq_canary": "true"}
+        ),
     ]  # fmt: skip
     land_batch(
         conn,
@@ -275,7 +278,9 @@ def test_defect_rates_of_a_day_and_late_events_reopen_it(conn: duckdb.DuckDBPyCo
         inspection_event(chip_id="c1", defects=[defect("scratch")]),  # the same chip re-inspected
         inspection_event(chip_id="c2", defects=[]),
         inspection_event(chip_id="c3", defects=[defect("scratch")], event_time=BASE_TIME + dt.timedelta(days=1)),
-        inspection_event(chip_id="c9", defects=[defect("scratch")], metadata={"chipq_canary": "true"}),
+        inspection_event(
+            chip_id="c9", defects=[defect("scratch")], batch_id=CANARY_LOT_ID, metadata={"chipq_canary": "true"}
+        ),
     ]
     land_batch(
         conn,

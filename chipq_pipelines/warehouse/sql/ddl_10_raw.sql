@@ -47,7 +47,7 @@ COMMENT ON COLUMN raw.inspection_events.quality_score IS 'In [0, 1]; NULL until 
 COMMENT ON COLUMN raw.inspection_events.defect_count IS 'Number of defects in the event (rows in raw.defects).';
 COMMENT ON COLUMN raw.inspection_events.metadata IS 'Free-form string map from the producer; read with metadata[''key''].';
 COMMENT ON COLUMN raw.inspection_events.recipe_id IS 'Process recipe (schema v2; NULL for v1 events).';
-COMMENT ON COLUMN raw.inspection_events.is_canary IS 'True for end-to-end canary events (metadata chipq_canary = ''true''); excluded from marts.';
+COMMENT ON COLUMN raw.inspection_events.is_canary IS 'True for end-to-end canary events (metadata chipq_canary = ''true''); excluded from marts. Only events of lot chipq-canary count: a mark on a real lot''s event is ignored.';
 COMMENT ON COLUMN raw.inspection_events.kafka_topic IS 'Topic the event was read from.';
 COMMENT ON COLUMN raw.inspection_events.kafka_partition IS 'Kafka partition.';
 COMMENT ON COLUMN raw.inspection_events.kafka_offset IS 'Kafka offset within the partition.';
@@ -125,7 +125,7 @@ COMMENT ON COLUMN raw.quality_events.pass_fail IS 'True = passed, false = failed
 COMMENT ON COLUMN raw.quality_events.alert_level IS 'WARNING or CRITICAL for violations.';
 COMMENT ON COLUMN raw.quality_events.metadata IS 'Free-form string map from the producer.';
 COMMENT ON COLUMN raw.quality_events.model_version IS 'Rule set / model version (schema v2; NULL for v1 events).';
-COMMENT ON COLUMN raw.quality_events.is_canary IS 'True for end-to-end canary events (metadata chipq_canary = ''true'').';
+COMMENT ON COLUMN raw.quality_events.is_canary IS 'True for end-to-end canary events (lot chipq-canary, metadata chipq_canary = ''true'').';
 COMMENT ON COLUMN raw.quality_events.kafka_topic IS 'Topic the event was read from.';
 COMMENT ON COLUMN raw.quality_events.kafka_partition IS 'Kafka partition.';
 COMMENT ON COLUMN raw.quality_events.kafka_offset IS 'Kafka offset within the partition.';
