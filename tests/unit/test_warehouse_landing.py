@@ -331,7 +331,8 @@ def test_quality_events_land_and_are_validated(conn: duckdb.DuckDBPyConnection) 
         ("QUALITY_ASSESSED", "INSPECTION", None, 0.7, False, "CRITICAL", "m2"),
         ("THRESHOLD_VIOLATED", "DAY", dt.date(2025, 3, 10), None, False, "CRITICAL", None),
     ]
-    reasons = [reason for (reason,) in conn.execute("SELECT reason FROM ops.rejected_events ORDER BY \"offset\"").fetchall()]
+    rejected = conn.execute('SELECT reason FROM ops.rejected_events ORDER BY "offset"').fetchall()
+    reasons = [reason for (reason,) in rejected]
     assert "event_date '10/03/2025' is not YYYY-MM-DD" in reasons[0]
     assert "batch_id holds a control character" in reasons[1]
     assert "event_id is whitespace only" in reasons[2]

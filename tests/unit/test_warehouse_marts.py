@@ -232,7 +232,8 @@ def test_lot_quality_threshold_null_scores_and_latest_completion(conn: duckdb.Du
         # not counted: a creation and a canary completion
         inspection_event(inspection_id="i4", chip_id="c4", event_type="INSPECTION_CREATED", quality_score=None),
         inspection_event(
-            inspection_id="i5", chip_id="c5", quality_score=0.0, batch_id=CANARY_LOT_ID, metadata={"chipq_canary": "true"}
+            inspection_id="i5", chip_id="c5", quality_score=0.0, batch_id=CANARY_LOT_ID,
+            metadata={"chipq_canary": "true"},
         ),
     ]  # fmt: skip
     land_batch(
