@@ -226,6 +226,83 @@ def alerts_command(limit: int, level: str | None, rule: str | None, snapshot: st
     except FileNotFoundError as exc:
         raise click.ClickException(f"{exc}: run `chipq catch-up` (or `make demo`) first") from exc
     click.echo(format_alerts(frame))
+    from chipq_pipelines.checks.gaps import list_gaps
+
+    gaps = list_gaps(path)
+    if not gaps.empty:
+        click.echo(
+            f"\n{int(gaps['records'].sum())} records in {len(gaps)} offset gaps were deleted from Kafka before they "
+            "landed (unacknowledged): see `chipq gaps`",
+            err=True,
+        )
+
+
+@main.group("gaps", invoke_without_command=True)
+@click.option("--all", "show_all", is_flag=True, help="Show acknowledged gaps too.")
+@click.option(
+    "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
+)
+@click.pass_context
+def gaps_group(ctx: click.Context, show_all: bool, snapshot: str | None) -> None:
+    """List records deleted from Kafka before they landed (ops.offset_gaps).
+
+    Retention (or AdminClient.delete_records) can remove records the pipeline has
+    not read yet, for example after a long outage. Ingest records each such range,
+    and the kafka_offsets_reconciled check fails until someone acknowledges it.
+
+    \b
+    Examples:
+      chipq gaps
+      chipq gaps ack chip-quality.inspection.events 3 --note "lot data replayed from MES"
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from chipq_pipelines.checks.gaps import format_gaps, list_gaps
+
+    path = _snapshot_path(snapshot)
+    click.echo(format_gaps(list_gaps(path, include_acknowledged=show_all)))
+
+
+@gaps_group.command("ack")
+@click.argument("topic")
+@click.argument("partition", type=int)
+@click.option(
+    "--first-offset", type=int, default=None, help="Only the gap starting here (default: all of the partition)."
+)
+@click.option("--note", required=True, help="Why the loss is accepted, or what was done (e.g. replayed from the MES).")
+@click.option("--by", default=None, help="Who acknowledges (default: the login name).")
+@click.option(
+    "--timeout", default=60.0, show_default=True, help="Seconds to wait while a pipeline run holds the warehouse."
+)
+def gaps_ack(topic: str, partition: int, first_offset: int | None, note: str, by: str | None, timeout: float) -> None:
+    """Acknowledge the gaps of one topic partition, so the reconciliation check passes again."""
+    import os
+
+    from chipq_pipelines.checks.gaps import GapAcknowledgementError, acknowledge_gaps
+
+    home = ChipqHome.from_env()
+    warehouse = Path(os.environ.get("CHIPQ_WAREHOUSE") or home.warehouse)
+    try:
+        done = acknowledge_gaps(
+            warehouse, _snapshot_path(None), topic=topic, partition=partition, first_offset=first_offset,
+            note=note, by=by, timeout_s=timeout,
+        )  # fmt: skip
+    except GapAcknowledgementError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for first, last in done:
+        click.echo(f"acknowledged {topic}[{partition}] offsets {first}..{last} ({last - first + 1} records)")
+
+
+def _snapshot_path(option: str | None) -> Path:
+    """The analysts' view: --snapshot, else $CHIPQ_ANALYST_SNAPSHOT, else $CHIPQ_HOME/analytics.duckdb."""
+    import os
+
+    path = Path(option or os.environ.get("CHIPQ_ANALYST_SNAPSHOT") or ChipqHome.from_env().analyst_snapshot)
+    if not path.exists():
+        raise click.ClickException(
+            f"no analyst snapshot at {path} yet: run `chipq catch-up` (or let the Dagster daemon run) first"
+        )
+    return path
 
 
 @main.command("report")

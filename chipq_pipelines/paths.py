@@ -34,6 +34,11 @@ class ChipqHome:
         return self.root / "kafka" / f"broker-{port}"
 
     @property
+    def registry(self) -> Path:
+        """The local schema registry: its build (``app``) and one folder per port."""
+        return self.root / "registry"
+
+    @property
     def warehouse(self) -> Path:
         return self.root / "warehouse.duckdb"
 

@@ -17,6 +17,7 @@ from chipq_pipelines.checks.quality import RECENT_DAYS, lot_scope
 from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
+from chipq_pipelines.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.warehouse.columns import CANARY_LOT_ID, CANARY_METADATA_KEY
 from chipq_pipelines.warehouse.landing import landed_offsets
 
@@ -110,41 +111,80 @@ def judge_canaries(conn: duckdb.DuckDBPyConnection, run_id: str, sla_seconds: fl
 # ---------------------------------------------------------------- reconciliation
 
 
+#: Verdicts of ``kafka_offsets`` that mean data is lost or stuck (the rest: "ok", or the group mirror behind).
+LOSS_VERDICTS = ("landed beyond the high watermark", "stalled", "records deleted before landing")
+GROUP_BEHIND = "group behind the warehouse (offset commits failing?)"
+
+
+def unacknowledged_gaps(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Rows of ``ops.offset_gaps`` nobody has acknowledged yet."""
+    relation = conn.execute(_sql("offset_gaps_unacknowledged"))
+    columns = [d[0] for d in relation.description or []]
+    return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+
+
 def kafka_offsets(
-    kafka: KafkaConfig, conn: duckdb.DuckDBPyConnection, topics: list[str], max_stall_seconds: float
+    kafka: KafkaConfig,
+    conn: duckdb.DuckDBPyConnection,
+    topics: list[str],
+    max_stall_seconds: float,
+    group_id: str = PIPELINE_GROUP,
 ) -> list[dict[str, Any]]:
-    """Per topic partition: high watermark, landed offset, lag, age of the oldest unlanded record, verdict."""
-    consumer = Consumer(
-        kafka.librdkafka_config(**{"group.id": "chipq-reconciliation", "enable.auto.commit": False, "log_level": 3})
-    )
+    """Per topic partition: watermarks, landed offset, the group's offset, lag, unacknowledged gaps, verdict.
+
+    Verdicts: ``ok``; ``records deleted before landing`` (an unacknowledged row in
+    ``ops.offset_gaps``, or records below the low watermark not landed yet: the next ingest
+    records them as a gap); ``stalled``; ``landed beyond the high watermark``; and
+    ``GROUP_BEHIND`` when the ``chipq-dagster`` group's committed offset is below the landed
+    one (nothing lost: the planner plans from the landed offsets, but lag tools see a false lag).
+    """
+    consumer = Consumer(kafka.librdkafka_config(**{"group.id": group_id, "enable.auto.commit": False, "log_level": 3}))
     now_ms = dt.datetime.now(dt.UTC).timestamp() * 1000
+    gaps: dict[tuple[str, int], int] = {}
+    for gap in unacknowledged_gaps(conn):
+        key = (gap["topic"], gap["partition"])
+        gaps[key] = gaps.get(key, 0) + int(gap["records"])
     rows = []
     try:
         for topic in topics:
             landed = landed_offsets(conn, topic)
             info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
             partitions = sorted(info.partitions) if info is not None and info.error is None else []
+            committed = {
+                tp.partition: tp.offset
+                for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=CALL_TIMEOUT_S)
+            }
             for partition in partitions:
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), timeout=CALL_TIMEOUT_S, cached=False
                 )
-                position = max(landed.get(partition, low), low)
+                next_offset = landed.get(partition)
+                position = max(next_offset if next_offset is not None else low, low)
                 lag = max(high - position, 0)
                 age = _record_age_seconds(consumer, topic, partition, position, now_ms) if lag else None
-                if landed.get(partition, 0) > high:
+                gap_records = gaps.get((topic, partition), 0)
+                group_offset = committed.get(partition, -1)
+                if gap_records or (next_offset is not None and next_offset < low):
+                    verdict = "records deleted before landing"
+                elif (next_offset or 0) > high:
                     verdict = "landed beyond the high watermark"
                 elif lag and (age is None or age > max_stall_seconds):
                     verdict = "stalled"
+                elif next_offset is not None and group_offset < next_offset:
+                    verdict = GROUP_BEHIND
                 else:
                     verdict = "ok"
                 rows.append(
                     {
                         "topic": topic,
                         "partition": partition,
+                        "low_watermark": low,
                         "high_watermark": high,
-                        "landed_offset": landed.get(partition),
+                        "landed_offset": next_offset,
+                        "group_offset": group_offset if group_offset >= 0 else None,
                         "lag": lag,
                         "oldest_unlanded_age_s": None if age is None else round(age, 1),
+                        "unacknowledged_gap_records": gap_records,
                         "verdict": verdict,
                     }
                 )

@@ -3,7 +3,9 @@
 fastavro's own validation says *that* a record is wrong; producers need to say
 *which* field (``defects[0].severity``) before anything is sent. Business rules
 on top of the schema: scores and confidences lie in [0, 1], no double is NaN
-or infinite, timestamps are timezone-aware, ``uuid`` strings parse.
+or infinite, timestamps are timezone-aware, ``uuid`` strings parse, and
+identifiers (lot, chip, inspection, wafer, station, recipe ids) are not blank and
+hold no control character (they become keys and partition names downstream).
 
 Each schema is compiled once into nested checks (producers validate every
 event, so this sits on the publish path); the field path is only assembled
@@ -25,6 +27,9 @@ from chipq_pipelines.events.errors import EventValidationError
 
 #: Fields (at any depth) whose value must lie in [0, 1].
 UNIT_INTERVAL_FIELDS = frozenset({"quality_score", "confidence"})
+#: String fields (at any depth) that identify something: never blank, never a control character.
+IDENTIFIER_FIELDS = frozenset({"inspection_id", "batch_id", "chip_id", "wafer_id", "station_id", "recipe_id"})
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 Check = Callable[[Any], None]
 
@@ -213,6 +218,17 @@ def _primitive(kind: str, leaf: str) -> Check:
     python_type: type | tuple[type, ...] = {"boolean": bool, "int": int, "long": int, "string": str, "bytes": bytes}[
         kind
     ]
+    if kind == "string" and leaf in IDENTIFIER_FIELDS:
+
+        def check_identifier(value: Any) -> None:
+            if not isinstance(value, str):
+                raise _Invalid(f"expected string, got {type(value).__name__} {value!r}")
+            if not value.strip():
+                raise _Invalid(f"must not be blank, got {value!r}")
+            if _CONTROL.search(value):
+                raise _Invalid(f"must not contain control characters, got {value!r}")
+
+        return check_identifier
 
     def check_simple(value: Any) -> None:
         if not isinstance(value, python_type) or (kind in ("int", "long") and isinstance(value, bool)):
@@ -369,6 +385,9 @@ class _FastCompiler:
                 return "({x}.__class__ is not float or not 0.0 <= {x} <= 1.0)"
             return "({x}.__class__ is not float or {x} - {x} != 0.0)"  # NaN and infinities
         python_type = {"boolean": "bool", "int": "int", "long": "int", "string": "str", "bytes": "bytes"}[kind]
+        if kind == "string" and leaf in IDENTIFIER_FIELDS:
+            # not printable (control characters, but also other separators): the nested checks decide
+            return "({x}.__class__ is not str or not {x}.strip() or not {x}.isprintable())"
         return f"{{x}}.__class__ is not {python_type}"
 
     def _named_expr(self, schema: dict[str, Any], namespace: str | None, reject: str) -> str:

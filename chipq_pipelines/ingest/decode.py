@@ -37,7 +37,13 @@ from chipq_pipelines.events.serialization import latest_reader_decoder
 from chipq_pipelines.gc_pause import cyclic_gc_paused
 from chipq_pipelines.ingest.client_errors import ClientErrors
 from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
-from chipq_pipelines.warehouse.types import KafkaCoordinates, LandedEvent, RejectedRecord, ValidationBounds
+from chipq_pipelines.warehouse.types import (
+    KafkaCoordinates,
+    LandedEvent,
+    OffsetGap,
+    RejectedRecord,
+    ValidationBounds,
+)
 
 #: Runs smaller than this read in the writer process: starting workers would cost more than it saves.
 PARALLEL_MIN_RECORDS = 20_000
@@ -57,12 +63,16 @@ class RangeReadError(ChipqError, RuntimeError):
 
 @dataclass
 class Chunk:
-    """Consecutive offsets of some partitions, decoded: lands in one transaction with ``ranges`` as offsets."""
+    """Consecutive offsets of some partitions, decoded: lands in one transaction with ``ranges`` as offsets.
+
+    ``gaps``: offsets inside ``ranges`` that Kafka no longer had (they land in the same transaction).
+    """
 
     ranges: dict[int, tuple[int, int]]
     batch: PreparedBatch
     records: int
     warnings: list[str] = field(default_factory=list)
+    gaps: list[OffsetGap] = field(default_factory=list)
 
 
 def consumer_config(kafka: KafkaConfig, group_id: str, client_errors: ClientErrors) -> dict[str, Any]:
@@ -124,29 +134,60 @@ def read_chunks(
     stall_timeout_s: float,
     client_errors: ClientErrors,
 ) -> Iterator[Chunk]:
-    """Consume ``todo`` (partition → [start, end)) with ``consumer`` and yield decoded chunks, in offset order."""
-    consumer.assign(
-        [TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING) for p, (start, _) in todo.items()]
-    )
+    """Consume ``todo`` (partition → [start, end)) with ``consumer`` and yield decoded chunks, in offset order.
+
+    Offsets that are not returned are either gone (deleted by retention or ``delete_records``
+    before they were read) or never held a record (transaction markers, compacted away). Only
+    the part below the partition's low watermark is gone: that part is recorded as a gap of the
+    chunk, the rest is passed over silently, as every Kafka consumer does.
+    """
+    gaps: list[OffsetGap] = []
+    warnings: list[str] = []
+
+    def skipped(partition: int, first: int, stop: int, low: int | None = None) -> None:
+        """Offsets [first, stop) of ``partition`` were not returned: record the part that was deleted."""
+        if low is None:
+            # The low watermark of the fetch that jumped (librdkafka keeps each fetch's log start offset).
+            low = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[0]
+            if low < 0:
+                low = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0, cached=False)[0]
+        if low > first:
+            gap = OffsetGap(partition, first, min(stop, low) - 1)
+            gaps.append(gap)
+            warnings.append(str(gap))
+            log.warning("%s: %s", topic, gap)
+
     chunk_start = {p: start for p, (start, _) in todo.items()}
     next_offset = dict(chunk_start)
-    remaining = {p for p, (start, end) in todo.items() if start < end}
     ends = {p: end for p, (_, end) in todo.items()}
+    remaining = {p for p, (start, end) in todo.items() if start < end}
+    for partition in sorted(remaining):
+        start = next_offset[partition]
+        if start > 0:  # records deleted before this run are found here, not left to the offset reset
+            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0, cached=False)
+            if low > start:
+                skipped(partition, start, ends[partition], low)
+                next_offset[partition] = min(low, ends[partition])
+    consumer.assign(
+        [TopicPartition(topic, p, next_offset[p] if next_offset[p] > 0 else OFFSET_BEGINNING) for p in todo]
+    )
+    for partition in sorted(remaining):
+        if next_offset[partition] >= ends[partition]:
+            _finish(consumer, topic, partition, ends[partition], next_offset, remaining)
     records: list[KafkaRecord] = []
     records_bytes = 0
-    warnings: list[str] = []
     last_progress = time.monotonic()
 
     def seal() -> Chunk | None:
-        nonlocal records, records_bytes, warnings
+        nonlocal records, records_bytes, warnings, gaps
         ranges = {p: (chunk_start[p], next_offset[p]) for p in chunk_start if next_offset[p] > chunk_start[p]}
         if not ranges:
             return None
         batch = decode_chunk(kafka, topic, records, bounds, dt.datetime.now(dt.UTC))
-        chunk = Chunk(ranges, batch, len(records), warnings)
+        chunk = Chunk(ranges, batch, len(records), warnings, gaps)
         for p in ranges:
             chunk_start[p] = next_offset[p]
-        records, records_bytes, warnings = [], 0, []
+        records, records_bytes, warnings, gaps = [], 0, [], []
         return chunk
 
     while remaining:
@@ -165,13 +206,11 @@ def read_chunks(
             if expected is None or offset < expected or partition not in remaining:
                 continue
             end = ends[partition]
+            if offset > expected:
+                skipped(partition, expected, min(offset, end))
             if offset >= end:
                 _finish(consumer, topic, partition, end, next_offset, remaining)
                 continue
-            if offset > expected:
-                gap = f"partition {partition}: offsets {expected}..{offset - 1} are gone (retention?)"
-                warnings.append(gap)
-                log.warning("%s", gap)
             next_offset[partition] = offset + 1
             value = message.value()
             records.append((partition, offset, message.key(), message.timestamp()[1], value))
@@ -191,6 +230,8 @@ def read_chunks(
             for partition in list(remaining):
                 position = consumer.position([TopicPartition(topic, partition)])[0].offset
                 if position >= ends[partition]:
+                    if next_offset[partition] < ends[partition]:
+                        skipped(partition, next_offset[partition], ends[partition])
                     _finish(consumer, topic, partition, ends[partition], next_offset, remaining)
             if remaining and time.monotonic() - last_progress > stall_timeout_s:
                 stuck = {p: (next_offset[p], ends[p]) for p in remaining}

@@ -41,11 +41,12 @@ def plan_ranges(
     use_committed: bool = True,
     after: Mapping[int, int] | None = None,
 ) -> dict[int, tuple[int, int]]:
-    """partition → [start, end) of records not yet landed, at most ``max_records`` in all.
+    """partition → [start, end) of offsets not yet landed, at most ``max_records`` in all.
 
     Starts at the offsets the ingest runs committed to the ``chipq-dagster``
-    group (a lower bound of what DuckDB holds: runs commit after landing), or
-    at the low watermark for a partition never committed. With
+    group (a lower bound of what DuckDB holds: runs commit after landing), even
+    when retention has deleted them since (ingest then records the gap), or at
+    the low watermark for a partition never committed. With
     ``use_committed=False`` (no warehouse file: it was deleted or never
     made) every partition starts at its low watermark, since the group's
     offsets mirror a warehouse that is gone. ``after`` (partition → offset) starts
@@ -56,7 +57,9 @@ def plan_ranges(
     backlog: dict[int, tuple[int, int]] = {}
     with _group_client(kafka, group_id) as consumer:
         for partition, committed, low, high in _offsets(consumer, topic):
-            start = max(committed if use_committed and committed >= 0 else low, low, (after or {}).get(partition, 0))
+            # Not raised to the low watermark: offsets deleted since they were committed are planned, so
+            # that ingest reaches them and records the gap (ops.offset_gaps) instead of skipping it unseen.
+            start = max(committed if use_committed and committed >= 0 else low, (after or {}).get(partition, 0))
             if high > start:
                 backlog[partition] = (start, high)
     return cap_ranges(backlog, max_records)

@@ -31,7 +31,7 @@ from chipq_pipelines.ingest.decode import (
     worker_count,
 )
 from chipq_pipelines.warehouse.landing import land_prepared, landed_offsets, pending_partitions
-from chipq_pipelines.warehouse.types import LandingResult, ValidationBounds
+from chipq_pipelines.warehouse.types import LandingResult, OffsetGap, ValidationBounds
 
 #: The consumer group whose committed offsets mirror what DuckDB has landed.
 PIPELINE_GROUP = "chipq-dagster"
@@ -57,6 +57,8 @@ class IngestSummary:
     touched_event_dates: set[dt.date] = field(default_factory=set)
     touched_lot_ids: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    #: offsets deleted from Kafka before they were read, recorded in ops.offset_gaps
+    gaps: list[OffsetGap] = field(default_factory=list)
 
     def add(self, result: LandingResult) -> None:
         self.inserted += result.inserted
@@ -65,6 +67,7 @@ class IngestSummary:
         self.offsets.update(result.offsets)
         self.touched_event_dates |= set(result.touched_event_dates)
         self.touched_lot_ids |= set(result.touched_lot_ids)
+        self.gaps.extend(result.gaps)
         self.chunks += 1
 
 
@@ -181,7 +184,7 @@ def _read_and_land(
                 summary.warnings.append(warning)
                 log.warning("%s", warning)
             _fault("before_landing")
-            result = land_prepared(conn, topic=topic, offset_ranges=chunk.ranges, batch=chunk.batch)
+            result = land_prepared(conn, topic=topic, offset_ranges=chunk.ranges, batch=chunk.batch, gaps=chunk.gaps)
             summary.add(result)
             _fault("after_landing")
             _commit_to_group(consumer, topic, summary)

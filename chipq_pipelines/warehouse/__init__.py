@@ -26,6 +26,7 @@ from chipq_pipelines.warehouse.types import (
     KafkaCoordinates,
     LandingResult,
     MartResult,
+    OffsetGap,
     RejectedRecord,
     ValidationBounds,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "KafkaCoordinates",
     "LandingResult",
     "MartResult",
+    "OffsetGap",
     "PublishedSnapshot",
     "RejectedRecord",
     "StaleOffsetRangeError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 
@@ -18,6 +19,7 @@ from chipq_pipelines.warehouse.types import (
     Event,
     KafkaCoordinates,
     LandingResult,
+    OffsetGap,
     RejectedRecord,
     ValidationBounds,
 )
@@ -169,11 +171,35 @@ def land_prepared(
     topic: str,
     offset_ranges: Mapping[int, tuple[int, int]],
     batch: PreparedBatch,
+    gaps: Sequence[OffsetGap] = (),
 ) -> LandingResult:
-    """Land a batch made by ``prepare_batch`` (possibly in another process): ``land_batch``'s DuckDB half."""
+    """Land a batch made by ``prepare_batch`` (possibly in another process): ``land_batch``'s DuckDB half.
+
+    ``gaps`` are offsets inside ``offset_ranges`` that were gone from Kafka before they
+    were read; they go to ``ops.offset_gaps`` in the same transaction as the offsets
+    that skip them, so a skipped record is never skipped silently.
+    """
     _check_ranges(topic, offset_ranges, batch)
+    for gap in gaps:
+        start, end = offset_ranges.get(gap.partition, (0, 0))
+        if not start <= gap.first_offset <= gap.last_offset < end:
+            raise ValueError(f"{topic}: gap {gap} is outside the landed ranges {dict(offset_ranges)}")
     with transaction(conn):
-        return _land_in_transaction(conn, topic, offset_ranges, batch)
+        result = _land_in_transaction(conn, topic, offset_ranges, batch)
+        recorded = tuple(gap for gap in gaps if gap.partition in result.offsets)  # not for replayed partitions
+        if recorded:
+            table = pa.table(
+                {
+                    "topic": pa.array([topic] * len(recorded), pa.string()),
+                    "partition": pa.array([gap.partition for gap in recorded], pa.int32()),
+                    "first_offset": pa.array([gap.first_offset for gap in recorded], pa.int64()),
+                    "last_offset": pa.array([gap.last_offset for gap in recorded], pa.int64()),
+                    "detected_at": pa.array([batch.ingested_at] * len(recorded), pa.timestamp("us", tz="UTC")),
+                }
+            )
+            _insert(conn, "landing_offset_gaps", table, "insert_offset_gaps")
+            result = dataclasses.replace(result, gaps=recorded)
+        return result
 
 
 def _land_in_transaction(

@@ -51,6 +51,22 @@ class ValidationBounds:
 
 
 @dataclass(frozen=True)
+class OffsetGap:
+    """Offsets ``first_offset``..``last_offset`` (inclusive) of one partition were gone before they were read."""
+
+    partition: int
+    first_offset: int
+    last_offset: int
+
+    @property
+    def records(self) -> int:
+        return self.last_offset - self.first_offset + 1
+
+    def __str__(self) -> str:
+        return f"partition {self.partition}: offsets {self.first_offset}..{self.last_offset} deleted before landing"
+
+
+@dataclass(frozen=True)
 class LandingResult:
     """What one ``land_batch`` call changed.
 
@@ -67,6 +83,7 @@ class LandingResult:
     offsets: dict[int, int] = field(default_factory=dict)
     touched_event_dates: frozenset[dt.date] = frozenset()
     touched_lot_ids: frozenset[str] = frozenset()
+    gaps: tuple[OffsetGap, ...] = ()
 
     @property
     def inserted(self) -> int:

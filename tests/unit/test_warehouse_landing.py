@@ -69,6 +69,7 @@ def test_schema_is_idempotent_and_every_analyst_column_is_commented(conn: duckdb
         "ops.ingested_offsets",
         "ops.lot_days",
         "ops.mart_changes",
+        "ops.offset_gaps",
         "ops.pending_mart_partitions",
         "ops.rejected_events",
         "ops.spc_baseline",
@@ -183,6 +184,31 @@ def test_range_not_starting_at_landed_offset_is_refused_and_nothing_is_written(
         conn, topic=INSPECTION_TOPIC, offset_ranges={0: (2, 3)}, inspection_events=[(inspection_event(), at(0, 2))]
     )
     assert result.inserted_inspection_events == 1
+
+
+def test_gaps_land_with_the_offsets_that_skip_them_once(conn: duckdb.DuckDBPyConnection) -> None:
+    from chipq_pipelines.warehouse import OffsetGap
+    from chipq_pipelines.warehouse.landing import land_prepared
+    from chipq_pipelines.warehouse.prepare import prepare_batch
+
+    batch = prepare_batch([(inspection_event(), at(0, 9))])
+    gap = OffsetGap(partition=0, first_offset=3, last_offset=8)
+    result = land_prepared(conn, topic=INSPECTION_TOPIC, offset_ranges={0: (3, 10)}, batch=batch, gaps=[gap])
+    assert (result.inserted, result.gaps, result.offsets) == (1, (gap,), {0: 10})
+    rows = conn.execute(
+        "SELECT topic, partition, first_offset, last_offset, acknowledged_at FROM ops.offset_gaps"
+    ).fetchall()
+    assert rows == [(INSPECTION_TOPIC, 0, 3, 8, None)]
+    # a replay of the same range lands nothing and records the gap no second time
+    again = land_prepared(conn, topic=INSPECTION_TOPIC, offset_ranges={0: (3, 10)}, batch=batch, gaps=[gap])
+    assert (again.inserted, again.gaps) == (0, ())
+    assert count(conn, "ops.offset_gaps") == 1
+    with pytest.raises(ValueError, match="outside the landed ranges"):
+        land_prepared(
+            conn, topic=INSPECTION_TOPIC, offset_ranges={0: (10, 12)}, batch=prepare_batch([]),
+            gaps=[OffsetGap(0, 5, 11)],
+        )  # fmt: skip
+    assert landed_offsets(conn, INSPECTION_TOPIC) == {0: 10}
 
 
 def test_replay_of_a_fully_landed_range_is_a_no_op(conn: duckdb.DuckDBPyConnection) -> None:

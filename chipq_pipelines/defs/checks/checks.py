@@ -232,8 +232,10 @@ class OffsetsConfig(dg.Config):
     asset=e2e_flow_probe,
     name="kafka_offsets_reconciled",
     description=(
-        "Per topic partition, Kafka's high watermark vs the landed offset in ops.ingested_offsets: fails on "
-        "an offset landed beyond the watermark, or records waiting longer than max_stall_seconds."
+        "Per topic partition, Kafka's watermarks vs the landed offset in ops.ingested_offsets. Fails (ERROR) "
+        "while records deleted before landing are not acknowledged (ops.offset_gaps; `chipq gaps ack`), on an "
+        "offset landed beyond the watermark, or on records waiting longer than max_stall_seconds; fails (WARN) "
+        "when the chipq-dagster group's committed offsets lag the landed ones (offset commits failing)."
     ),
 )
 def kafka_offsets_reconciled(
@@ -241,20 +243,34 @@ def kafka_offsets_reconciled(
 ) -> dg.AssetCheckResult:
     topics = [kafka.inspection_topic, kafka.quality_topic]
     with warehouse.connect() as conn:
-        rows = flow.kafka_offsets(kafka.config(), conn, topics, config.max_stall_seconds)
+        rows = flow.kafka_offsets(kafka.config(), conn, topics, config.max_stall_seconds, kafka.pipeline_group)
+        gaps = flow.unacknowledged_gaps(conn)
     bad = [r for r in rows if r["verdict"] != "ok"]
+    lost = [r for r in bad if r["verdict"] in flow.LOSS_VERDICTS]
     table = pd.DataFrame(rows)
+    verdicts = sorted({r["verdict"] for r in bad})
+    metadata = {
+        "compared": dg.MetadataValue.text(
+            "Kafka watermarks vs ops.ingested_offsets.next_offset vs the pipeline group's committed offsets"
+        ),
+        "total_lag": dg.MetadataValue.int(int(sum(r["lag"] for r in rows))),
+        "partitions": dg.MetadataValue.int(len(rows)),
+        "partitions_failing": dg.MetadataValue.int(len(bad)),
+        "unacknowledged_gap_records": dg.MetadataValue.int(int(sum(g["records"] for g in gaps))),
+        "max_stall_seconds": dg.MetadataValue.float(config.max_stall_seconds),
+        "offsets": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no partitions"),
+    }
+    if gaps:
+        metadata["offset_gaps"] = dg.MetadataValue.md(pd.DataFrame(gaps).to_markdown(index=False))
     return dg.AssetCheckResult(
         passed=not bad,
-        description=(f"{len(bad)} partitions not reconciled" if bad else "every partition landed up to its lag"),
-        metadata={
-            "compared": dg.MetadataValue.text("Kafka high watermark vs ops.ingested_offsets.next_offset"),
-            "total_lag": dg.MetadataValue.int(int(sum(r["lag"] for r in rows))),
-            "partitions": dg.MetadataValue.int(len(rows)),
-            "partitions_failing": dg.MetadataValue.int(len(bad)),
-            "max_stall_seconds": dg.MetadataValue.float(config.max_stall_seconds),
-            "offsets": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "no partitions"),
-        },
+        severity=dg.AssetCheckSeverity.ERROR if lost or not bad else dg.AssetCheckSeverity.WARN,
+        description=(
+            f"{len(bad)} partitions not reconciled: {', '.join(verdicts)}"
+            if bad
+            else "every partition landed up to its lag"
+        ),
+        metadata=metadata,
     )
 
 

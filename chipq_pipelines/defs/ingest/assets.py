@@ -51,6 +51,8 @@ def ingest_metadata(summary: IngestSummary) -> dict[str, dg.MetadataValue]:
         "landed_offsets": dg.MetadataValue.json({str(p): o for p, o in summary.offsets.items()}),
         "touched_event_dates": dg.MetadataValue.json(sorted(d.isoformat() for d in summary.touched_event_dates)),
         "touched_lots": dg.MetadataValue.int(len(summary.touched_lot_ids)),
+        "offset_gaps": dg.MetadataValue.int(len(summary.gaps)),
+        "records_lost_to_gaps": dg.MetadataValue.int(sum(gap.records for gap in summary.gaps)),
         "warnings": dg.MetadataValue.json(summary.warnings),
     }
 
@@ -115,6 +117,11 @@ def _ingest(
         context.log.warning(warning)
     if summary.rejected:
         context.log.warning(f"{summary.rejected} records rejected: see ops.rejected_events")
+    if summary.gaps:
+        context.log.error(
+            f"{topic}: {sum(gap.records for gap in summary.gaps)} offsets were deleted from Kafka before they "
+            "landed (recorded in ops.offset_gaps; `chipq gaps` lists them, `chipq gaps ack` acknowledges them)"
+        )
     context.log.info(
         f"{topic}: planned {json.dumps(planned)}, read {json.dumps(summary.read)}; marts rewritten for "
         f"{len(summary.touched_event_dates)} days and {len(summary.touched_lot_ids)} lots"

@@ -47,3 +47,26 @@ INSERT INTO ops.warehouse_info SELECT CAST(uuid() AS VARCHAR), now() WHERE NOT E
 COMMENT ON TABLE ops.warehouse_info IS 'One row: the identity of this warehouse (a rebuilt warehouse gets a new one).';
 COMMENT ON COLUMN ops.warehouse_info.warehouse_id IS 'Random id chosen when the warehouse file was created.';
 COMMENT ON COLUMN ops.warehouse_info.created_at IS 'When the warehouse file was created.';
+
+-- Offsets that were never read: deleted from Kafka (retention, delete_records) before they landed.
+CREATE TABLE IF NOT EXISTS ops.offset_gaps (
+    topic            VARCHAR     NOT NULL,
+    partition        INTEGER     NOT NULL,
+    first_offset     BIGINT      NOT NULL,
+    last_offset      BIGINT      NOT NULL,
+    detected_at      TIMESTAMPTZ NOT NULL,
+    acknowledged_at  TIMESTAMPTZ,
+    acknowledged_by  VARCHAR,
+    note             VARCHAR,
+    PRIMARY KEY (topic, partition, first_offset)
+);
+
+COMMENT ON TABLE ops.offset_gaps IS 'One row per range of Kafka offsets deleted (retention, delete_records) before they landed: those records are lost to the warehouse. Written in the same transaction as the offsets that skip it; kafka_offsets_reconciled fails while a gap is not acknowledged (chipq gaps ack).';
+COMMENT ON COLUMN ops.offset_gaps.topic IS 'Kafka topic.';
+COMMENT ON COLUMN ops.offset_gaps.partition IS 'Kafka partition.';
+COMMENT ON COLUMN ops.offset_gaps.first_offset IS 'First offset of the range that was gone.';
+COMMENT ON COLUMN ops.offset_gaps.last_offset IS 'Last offset of the range (inclusive): last_offset - first_offset + 1 offsets were never read.';
+COMMENT ON COLUMN ops.offset_gaps.detected_at IS 'When ingest found the range gone (the landing that skipped it).';
+COMMENT ON COLUMN ops.offset_gaps.acknowledged_at IS 'When an operator acknowledged the loss (chipq gaps ack); NULL while unacknowledged.';
+COMMENT ON COLUMN ops.offset_gaps.acknowledged_by IS 'Who acknowledged it.';
+COMMENT ON COLUMN ops.offset_gaps.note IS 'The operator''s note: why, and what was done (for example: replayed from the source system).';
