@@ -175,17 +175,27 @@ def _follow(interval: float) -> None:
 
 @main.command("sql")
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: aligned, for reading; csv and json: values exactly as stored, for files and programs.",
+)
 @click.option(
     "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
 )
 def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
     """Query the analysts' read-only snapshot of the warehouse.
 
+    Read-only, in UTC, no access to other files. In tables, control characters
+    in values (ANSI escapes in a lot id, say) are shown escaped, e.g. \\x1b.
+
     \b
     Examples:
       chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"
-      chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv
+      chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv > rates.csv
     """
     import duckdb
 
@@ -201,7 +211,8 @@ def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
         frame = query_snapshot(path, query)
     except duckdb.Error as exc:
         raise click.ClickException(f"query failed: {exc}") from exc
-    click.echo(format_result(frame, fmt))  # type: ignore[arg-type]
+    # Escapes in values are the data: click must not strip them from a file; on a terminal they are shown escaped.
+    click.echo(format_result(frame, fmt, terminal=sys.stdout.isatty()), color=True)  # type: ignore[arg-type]
 
 
 @main.command("alerts")
