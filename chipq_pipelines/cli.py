@@ -186,20 +186,35 @@ def _follow(interval: float) -> None:
 @click.option(
     "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
 )
-def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
+@click.option(
+    "--memory-limit",
+    help="DuckDB memory for the query (e.g. 2GB, or 25% of RAM); beyond it DuckDB spills to disk. "
+    "[default: $CHIPQ_SQL_MEMORY_LIMIT, else 25%]",
+)
+@click.option(
+    "--temp-limit",
+    help="Cap on what the query may spill under $CHIPQ_HOME/tmp; a query that needs more fails (0B: never spill). "
+    "[default: $CHIPQ_SQL_TEMP_LIMIT, else 4GB]",
+)
+def sql_command(query: str, fmt: str, snapshot: str | None, memory_limit: str | None, temp_limit: str | None) -> None:
     """Query the analysts' read-only snapshot of the warehouse.
 
-    Read-only, in UTC, no access to other files. In tables, control characters
-    in values (ANSI escapes in a lot id, say) are shown escaped, e.g. \\x1b.
+    Read-only, in UTC, no access to other files; memory and temporary disk are
+    capped (--memory-limit, --temp-limit). In tables, control characters in
+    values (ANSI escapes in a lot id, say) are shown escaped, e.g. \\x1b.
 
     \b
     Examples:
       chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"
       chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv > rates.csv
+      chipq sql "SELECT lot_id, count(*) FROM raw.inspection_events GROUP BY 1" --memory-limit 8GB
     """
+    import dataclasses
+
     import duckdb
 
     from chipq_pipelines.warehouse.formatting import format_result
+    from chipq_pipelines.warehouse.reader_limits import ReaderLimits
     from chipq_pipelines.warehouse.snapshot import query_snapshot
 
     path = Path(snapshot) if snapshot else ChipqHome.from_env().analyst_snapshot
@@ -207,8 +222,14 @@ def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
         raise click.ClickException(
             f"no analyst snapshot at {path} yet: run `chipq catch-up` (or let the Dagster daemon run) first"
         )
+    limits = ReaderLimits.from_env()
+    limits = dataclasses.replace(
+        limits,
+        memory_limit=memory_limit or limits.memory_limit,
+        max_temp_directory_size=temp_limit or limits.max_temp_directory_size,
+    )
     try:
-        frame = query_snapshot(path, query)
+        frame = query_snapshot(path, query, limits=limits)
     except duckdb.Error as exc:
         raise click.ClickException(f"query failed: {exc}") from exc
     # Escapes in values are the data: click must not strip them from a file; on a terminal they are shown escaped.

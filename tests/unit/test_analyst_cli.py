@@ -89,6 +89,35 @@ def test_alerts_table_shows_escapes_instead_of_sending_them(home: Path) -> None:
     assert "LOT-\\x1b[31mRED\\x1b[0m" in out and "CRITICAL" in out
 
 
+def test_sql_spills_under_chipq_home_within_caps(home: Path) -> None:
+    settings = (
+        "SELECT current_setting('temp_directory') AS temp_directory, "
+        "current_setting('max_temp_directory_size') AS temp_cap, current_setting('memory_limit') AS memory"
+    )
+    temp_dir, temp_cap, memory = chipq(home, "sql", settings, "--format", "csv").stdout.splitlines()[1].split(",")
+    assert Path(temp_dir).parent == home / "tmp", "spill files go under $CHIPQ_HOME/tmp, not next to the snapshot"
+    assert temp_cap == "3.7 GiB"  # the 4GB default
+    assert memory.endswith("GiB") or memory.endswith("MiB")
+
+    flags = chipq(home, "sql", settings, "--format", "csv", "--memory-limit", "512MB", "--temp-limit", "1GB")
+    assert flags.stdout.splitlines()[1].split(",")[1:] == ["953.6 MiB", "488.2 MiB"]
+    env = chipq(home, "sql", settings, "--format", "csv", CHIPQ_SQL_MEMORY_LIMIT="256MB", CHIPQ_SQL_TEMP_LIMIT="2GB")
+    assert env.stdout.splitlines()[1].split(",")[1:] == ["1.8 GiB", "244.1 MiB"]
+
+
+def test_a_query_cannot_raise_the_caps(home: Path) -> None:
+    environ = {**os.environ, "CHIPQ_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "chipq_pipelines.cli", "sql", "SET max_temp_directory_size = '1TB'"],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "locked" in result.stderr
+
+
 def test_report_shows_escapes_in_its_tables(home: Path, tmp_path: Path) -> None:
     from chipq_pipelines.report import build_report
 
