@@ -32,10 +32,25 @@ def main() -> None:
 
 @main.group()
 def kafka() -> None:
-    """Run a local Apache Kafka 4.x broker (KRaft) on 127.0.0.1."""
+    """Run local Apache Kafka 4.x brokers (KRaft) on 127.0.0.1, under $CHIPQ_HOME/kafka.
+
+    \b
+    Examples:
+      chipq kafka up                    broker on 127.0.0.1:9092, platform topics created
+      chipq kafka up --port 19092       another one (its own folder kafka/broker-19092)
+      chipq kafka status                every broker of this CHIPQ_HOME
+      chipq kafka down                  stop them all (--port N: only that one)
+    """
 
 
 _port_option = click.option("--port", default=9092, show_default=True, help="Broker port on 127.0.0.1.")
+_any_port_option = click.option(
+    "--port", type=int, default=None, help="Only the broker on this port [default: every broker of this CHIPQ_HOME]."
+)
+
+
+def _brokers(port: int | None) -> list[LocalKafka]:
+    return [LocalKafka.for_port(port)] if port is not None else LocalKafka.all_in()
 
 
 @kafka.command("up")
@@ -56,25 +71,37 @@ def kafka_up(port: int, timeout: float) -> None:
 
 
 @kafka.command("down")
-@_port_option
-def kafka_down(port: int) -> None:
-    """Stop the broker started by `chipq kafka up` (SIGTERM, then SIGKILL)."""
-    broker = LocalKafka.for_port(port)
-    if broker.stop():
+@_any_port_option
+def kafka_down(port: int | None) -> None:
+    """Stop the brokers started by `chipq kafka up` (SIGTERM, then SIGKILL); their data is kept."""
+    stopped = [broker for broker in _brokers(port) if broker.stop()]
+    for broker in stopped:
         click.echo(f"Kafka at {broker.bootstrap} stopped")
-    else:
-        click.echo(f"no chipq broker was running at {broker.bootstrap}")
+    if not stopped:
+        where = f"at 127.0.0.1:{port}" if port is not None else f"under {ChipqHome.from_env().root}"
+        click.echo(f"no chipq broker was running {where}")
 
 
 @kafka.command("status")
-@_port_option
-def kafka_status(port: int) -> None:
-    """Exit 0 and print the bootstrap address when the broker runs."""
-    broker = LocalKafka.for_port(port)
-    if broker.is_running():
-        click.echo(f"running {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
+@_any_port_option
+def kafka_status(port: int | None) -> None:
+    """Print each broker of this CHIPQ_HOME; exit 0 when at least one runs, else 1.
+
+    The last line is the KAFKA_BOOTSTRAP_SERVERS of the running ones.
+    """
+    running = []
+    for broker in _brokers(port):
+        if broker.is_running():
+            running.append(broker)
+            click.echo(f"running {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
+        elif broker.instance_dir.exists():
+            click.echo(f"stopped {broker.bootstrap} ({broker.instance_dir})")
+    if running:
+        click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={','.join(broker.bootstrap for broker in running)}")
         return
-    click.echo(f"not running at {broker.bootstrap}; start it with `chipq kafka up --port {port}`", err=True)
+    hint = f"chipq kafka up --port {port}" if port is not None else "chipq kafka up"
+    where = f"at 127.0.0.1:{port}" if port is not None else f"under {ChipqHome.from_env().root}"
+    click.echo(f"not running: no chipq broker {where}; start one with `{hint}`", err=True)
     sys.exit(1)
 
 
