@@ -334,9 +334,22 @@ def ui_command(port: int) -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Pace: records per second.")
 @click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write ground truth here.")
 @click.option("--start", type=click.DateTime(), default=None, help="UTC start of the stream [ends this hour].")
+@click.option(
+    "--topic",
+    default=None,
+    help="Topic to publish to (created when missing) [default: $CHIPQ_INSPECTION_TOPIC, the one the pipeline "
+    "reads, else chip-quality.inspection.events].",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate_cmd(
-    events: int, seed: int, lots: int | None, rate: float | None, truth: Path | None, start, no_progress: bool
+    events: int,
+    seed: int,
+    lots: int | None,
+    rate: float | None,
+    truth: Path | None,
+    start,
+    topic: str | None,
+    no_progress: bool,
 ) -> None:
     """Publish a realistic fab event stream: lots, wafer maps, excursions and mess.
 
@@ -353,7 +366,7 @@ def simulate_cmd(
     from chipq_pipelines.simulate import simulate_command
 
     try:
-        simulate_command(events, seed, lots, rate, truth, start, progress=not no_progress, echo=click.echo)
+        simulate_command(events, seed, lots, rate, truth, start, topic=topic, progress=not no_progress, echo=click.echo)
     except (ValueError, EventsError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -244,8 +244,13 @@ def simulate_command(
     """What ``chipq simulate`` runs: generate, publish, print a short summary; returns the report.
 
     ``start`` (naive = UTC) defaults to ``default_start``; pass it for a
-    byte-identical re-run. Raises ``ValueError`` on bad arguments.
+    byte-identical re-run. ``topic`` defaults to the one the pipeline reads
+    (``CHIPQ_INSPECTION_TOPIC``, else ``chip-quality.inspection.events``).
+    Raises ``ValueError`` on bad arguments.
     """
+    from chipq_pipelines.environment import inspection_topic_from_env
+
+    topic = topic or inspection_topic_from_env()
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     began = time.monotonic()
