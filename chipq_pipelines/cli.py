@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from chipq_pipelines.local_kafka import LocalKafka, LocalKafkaError, kafka_version
+from chipq_pipelines.kafka_cli import kafka, topics
 from chipq_pipelines.paths import ChipqHome
 
 
@@ -20,89 +20,20 @@ def main() -> None:
 
     \b
     Typical session:
-      chipq kafka up            start the local Apache Kafka broker
+      chipq kafka up            start the local Apache Kafka broker, with the platform's topics
+      chipq simulate -n 20000   publish a simulated fab line (or point your services at it)
       chipq catch-up            ingest and materialize everything new
       chipq sql "SELECT * FROM marts.lot_quality_scores LIMIT 5"
       chipq kafka down          stop the broker
+
+    On a cluster of your own: KAFKA_BOOTSTRAP_SERVERS=host:port chipq topics create
     """
 
 
-# ---------------------------------------------------------------------- kafka
+# ------------------------------------------------------------- kafka, topics
 
-
-@main.group()
-def kafka() -> None:
-    """Run local Apache Kafka 4.x brokers (KRaft) on 127.0.0.1, under $CHIPQ_HOME/kafka.
-
-    \b
-    Examples:
-      chipq kafka up                    broker on 127.0.0.1:9092, platform topics created
-      chipq kafka up --port 19092       another one (its own folder kafka/broker-19092)
-      chipq kafka status                every broker of this CHIPQ_HOME
-      chipq kafka down                  stop them all (--port N: only that one)
-    """
-
-
-_port_option = click.option("--port", default=9092, show_default=True, help="Broker port on 127.0.0.1.")
-_any_port_option = click.option(
-    "--port", type=int, default=None, help="Only the broker on this port [default: every broker of this CHIPQ_HOME]."
-)
-
-
-def _brokers(port: int | None) -> list[LocalKafka]:
-    return [LocalKafka.for_port(port)] if port is not None else LocalKafka.all_in()
-
-
-@kafka.command("up")
-@_port_option
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker to answer.")
-def kafka_up(port: int, timeout: float) -> None:
-    """Fetch the Kafka jars (once), format storage (once) and start the broker."""
-    broker = LocalKafka.for_port(port)
-    try:
-        started = broker.start(timeout=timeout)
-    except LocalKafkaError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if started:
-        click.echo(f"Kafka {kafka_version(broker.lib_dir)} is up at {broker.bootstrap} (pid {broker.pid()})")
-    else:
-        click.echo(f"Kafka already runs at {broker.bootstrap} (pid {broker.pid()}); nothing to do")
-    click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}")
-
-
-@kafka.command("down")
-@_any_port_option
-def kafka_down(port: int | None) -> None:
-    """Stop the brokers started by `chipq kafka up` (SIGTERM, then SIGKILL); their data is kept."""
-    stopped = [broker for broker in _brokers(port) if broker.stop()]
-    for broker in stopped:
-        click.echo(f"Kafka at {broker.bootstrap} stopped")
-    if not stopped:
-        where = f"at 127.0.0.1:{port}" if port is not None else f"under {ChipqHome.from_env().root}"
-        click.echo(f"no chipq broker was running {where}")
-
-
-@kafka.command("status")
-@_any_port_option
-def kafka_status(port: int | None) -> None:
-    """Print each broker of this CHIPQ_HOME; exit 0 when at least one runs, else 1.
-
-    The last line is the KAFKA_BOOTSTRAP_SERVERS of the running ones.
-    """
-    running = []
-    for broker in _brokers(port):
-        if broker.is_running():
-            running.append(broker)
-            click.echo(f"running {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
-        elif broker.instance_dir.exists():
-            click.echo(f"stopped {broker.bootstrap} ({broker.instance_dir})")
-    if running:
-        click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={','.join(broker.bootstrap for broker in running)}")
-        return
-    hint = f"chipq kafka up --port {port}" if port is not None else "chipq kafka up"
-    where = f"at 127.0.0.1:{port}" if port is not None else f"under {ChipqHome.from_env().root}"
-    click.echo(f"not running: no chipq broker {where}; start one with `{hint}`", err=True)
-    sys.exit(1)
+main.add_command(kafka)
+main.add_command(topics)
 
 
 # ------------------------------------------------------------------ pipeline
