@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from chipq_pipelines.local_kafka import LocalKafka, LocalKafkaError, kafka_version
+from chipq_pipelines.kafka_cli import kafka, topics
 from chipq_pipelines.paths import ChipqHome
 
 
@@ -20,62 +20,20 @@ def main() -> None:
 
     \b
     Typical session:
-      chipq kafka up            start the local Apache Kafka broker
+      chipq kafka up            start the local Apache Kafka broker, with the platform's topics
+      chipq simulate -n 20000   publish a simulated fab line (or point your services at it)
       chipq catch-up            ingest and materialize everything new
       chipq sql "SELECT * FROM marts.lot_quality_scores LIMIT 5"
       chipq kafka down          stop the broker
+
+    On a cluster of your own: KAFKA_BOOTSTRAP_SERVERS=host:port chipq topics create
     """
 
 
-# ---------------------------------------------------------------------- kafka
+# ------------------------------------------------------------- kafka, topics
 
-
-@main.group()
-def kafka() -> None:
-    """Run a local Apache Kafka 4.x broker (KRaft) on 127.0.0.1."""
-
-
-_port_option = click.option("--port", default=9092, show_default=True, help="Broker port on 127.0.0.1.")
-
-
-@kafka.command("up")
-@_port_option
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker to answer.")
-def kafka_up(port: int, timeout: float) -> None:
-    """Fetch the Kafka jars (once), format storage (once) and start the broker."""
-    broker = LocalKafka.for_port(port)
-    try:
-        started = broker.start(timeout=timeout)
-    except LocalKafkaError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if started:
-        click.echo(f"Kafka {kafka_version(broker.lib_dir)} is up at {broker.bootstrap} (pid {broker.pid()})")
-    else:
-        click.echo(f"Kafka already runs at {broker.bootstrap} (pid {broker.pid()}); nothing to do")
-    click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}")
-
-
-@kafka.command("down")
-@_port_option
-def kafka_down(port: int) -> None:
-    """Stop the broker started by `chipq kafka up` (SIGTERM, then SIGKILL)."""
-    broker = LocalKafka.for_port(port)
-    if broker.stop():
-        click.echo(f"Kafka at {broker.bootstrap} stopped")
-    else:
-        click.echo(f"no chipq broker was running at {broker.bootstrap}")
-
-
-@kafka.command("status")
-@_port_option
-def kafka_status(port: int) -> None:
-    """Exit 0 and print the bootstrap address when the broker runs."""
-    broker = LocalKafka.for_port(port)
-    if broker.is_running():
-        click.echo(f"running {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
-        return
-    click.echo(f"not running at {broker.bootstrap}; start it with `chipq kafka up --port {port}`", err=True)
-    sys.exit(1)
+main.add_command(kafka)
+main.add_command(topics)
 
 
 # ------------------------------------------------------------------ pipeline
@@ -175,21 +133,46 @@ def _follow(interval: float) -> None:
 
 @main.command("sql")
 @click.argument("query")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: aligned, for reading; csv and json: values exactly as stored, for files and programs.",
+)
 @click.option(
     "--snapshot", type=click.Path(dir_okay=False), help="Snapshot file (default $CHIPQ_HOME/analytics.duckdb)."
 )
-def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
+@click.option(
+    "--memory-limit",
+    help="DuckDB memory for the query (e.g. 2GB, or 25% of RAM); beyond it DuckDB spills to disk. "
+    "[default: $CHIPQ_SQL_MEMORY_LIMIT, else 25%]",
+)
+@click.option(
+    "--temp-limit",
+    help="Cap on what the query may spill under $CHIPQ_HOME/tmp; a query that needs more fails (0B: never spill). "
+    "[default: $CHIPQ_SQL_TEMP_LIMIT, else 4GB]",
+)
+def sql_command(query: str, fmt: str, snapshot: str | None, memory_limit: str | None, temp_limit: str | None) -> None:
     """Query the analysts' read-only snapshot of the warehouse.
+
+    Read-only, in UTC, no access to other files; memory and temporary disk are
+    capped (--memory-limit, --temp-limit). In tables, control characters in
+    values (ANSI escapes in a lot id, say) are shown escaped, e.g. \\x1b.
 
     \b
     Examples:
       chipq sql "SELECT * FROM marts.lot_quality_scores ORDER BY mean_quality_score LIMIT 10"
-      chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv
+      chipq sql "SELECT event_date, defect_type, defect_rate FROM marts.defect_rates" --format csv > rates.csv
+      chipq sql "SELECT lot_id, count(*) FROM raw.inspection_events GROUP BY 1" --memory-limit 8GB
     """
+    import dataclasses
+
     import duckdb
 
     from chipq_pipelines.warehouse.formatting import format_result
+    from chipq_pipelines.warehouse.reader_limits import ReaderLimits
     from chipq_pipelines.warehouse.snapshot import query_snapshot
 
     path = Path(snapshot) if snapshot else ChipqHome.from_env().analyst_snapshot
@@ -197,11 +180,18 @@ def sql_command(query: str, fmt: str, snapshot: str | None) -> None:
         raise click.ClickException(
             f"no analyst snapshot at {path} yet: run `chipq catch-up` (or let the Dagster daemon run) first"
         )
+    limits = ReaderLimits.from_env()
+    limits = dataclasses.replace(
+        limits,
+        memory_limit=memory_limit or limits.memory_limit,
+        max_temp_directory_size=temp_limit or limits.max_temp_directory_size,
+    )
     try:
-        frame = query_snapshot(path, query)
+        frame = query_snapshot(path, query, limits=limits)
     except duckdb.Error as exc:
         raise click.ClickException(f"query failed: {exc}") from exc
-    click.echo(format_result(frame, fmt))  # type: ignore[arg-type]
+    # Escapes in values are the data: click must not strip them from a file; on a terminal they are shown escaped.
+    click.echo(format_result(frame, fmt, terminal=sys.stdout.isatty()), color=True)  # type: ignore[arg-type]
 
 
 @main.command("alerts")
@@ -352,9 +342,22 @@ def ui_command(port: int) -> None:
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, help="Pace: records per second.")
 @click.option("--truth", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write ground truth here.")
 @click.option("--start", type=click.DateTime(), default=None, help="UTC start of the stream [ends this hour].")
+@click.option(
+    "--topic",
+    default=None,
+    help="Topic to publish to (created when missing) [default: $CHIPQ_INSPECTION_TOPIC, the one the pipeline "
+    "reads, else chip-quality.inspection.events].",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate_cmd(
-    events: int, seed: int, lots: int | None, rate: float | None, truth: Path | None, start, no_progress: bool
+    events: int,
+    seed: int,
+    lots: int | None,
+    rate: float | None,
+    truth: Path | None,
+    start,
+    topic: str | None,
+    no_progress: bool,
 ) -> None:
     """Publish a realistic fab event stream: lots, wafer maps, excursions and mess.
 
@@ -371,7 +374,7 @@ def simulate_cmd(
     from chipq_pipelines.simulate import simulate_command
 
     try:
-        simulate_command(events, seed, lots, rate, truth, start, progress=not no_progress, echo=click.echo)
+        simulate_command(events, seed, lots, rate, truth, start, topic=topic, progress=not no_progress, echo=click.echo)
     except (ValueError, EventsError) as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -30,6 +30,13 @@ PIPELINE_ENV_VARS = (
 )
 
 
+def inspection_topic_from_env() -> str:
+    """The inspection topic this environment's pipeline reads: ``CHIPQ_INSPECTION_TOPIC``, else the platform's."""
+    from chipq_pipelines.events.topics import INSPECTION_TOPIC
+
+    return os.environ.get("CHIPQ_INSPECTION_TOPIC", "").strip() or INSPECTION_TOPIC
+
+
 @dataclass
 class PipelineEnv:
     bootstrap: str

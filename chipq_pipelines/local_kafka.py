@@ -157,6 +157,21 @@ class LocalKafka:
         home = home or ChipqHome.from_env()
         return cls(port=port, instance_dir=home.kafka_instance(port), lib_dir=home.kafka_lib)
 
+    @classmethod
+    def all_in(cls, home: ChipqHome | None = None) -> list[LocalKafka]:
+        """Every broker of this CHIPQ_HOME (each ``kafka/broker-<port>`` folder), running or not, by port.
+
+        ``chipq kafka status`` and ``down`` without ``--port`` act on all of them,
+        whatever ports ``up`` was given (and all nodes of a multi-broker cluster).
+        """
+        home = home or ChipqHome.from_env()
+        brokers = []
+        for instance_dir in home.kafka_instance(0).parent.glob("broker-*"):
+            port = instance_dir.name.removeprefix("broker-")
+            if instance_dir.is_dir() and port.isdigit():
+                brokers.append(cls(port=int(port), instance_dir=instance_dir, lib_dir=home.kafka_lib))
+        return sorted(brokers, key=lambda broker: broker.port)
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"

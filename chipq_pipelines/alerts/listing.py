@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from chipq_pipelines.alerts.sql import load as _sql
+from chipq_pipelines.warehouse.formatting import terminal_text
 from chipq_pipelines.warehouse.snapshot import open_snapshot
 
 
@@ -36,13 +37,18 @@ def recent_alerts(
 
 
 def format_alerts(frame: pd.DataFrame) -> str:
-    """A terminal table of ``recent_alerts`` (or a sentence when there are none)."""
+    """A terminal table of ``recent_alerts`` (or a sentence when there are none).
+
+    Control characters in the text (a lot id from Kafka can hold ANSI escapes) are shown escaped.
+    """
     if frame.empty:
         return "No threshold violations in the analyst snapshot."
-    shown = frame.assign(
+    shown = frame.drop(columns=["message"]).assign(
         detected_at=frame["detected_at"].map(lambda t: t.strftime("%Y-%m-%d %H:%M:%S")),
         observed_value=frame["observed_value"].map(lambda v: f"{v:.4g}"),
         threshold=frame["threshold"].map(lambda v: f"{v:.4g}"),
         published=frame["published"].map(lambda p: "yes" if p else "pending"),
     )
-    return shown.drop(columns=["message"]).to_string(index=False)
+    for column in ("alert_level", "rule", "scope", "subject"):
+        shown[column] = shown[column].map(lambda v: v if v is None else terminal_text(str(v)))
+    return shown.to_string(index=False)

@@ -17,6 +17,7 @@ from chipq_pipelines.events.errors import (
     PublishError,
     SchemaNotFoundError,
     SerializationError,
+    TopicNotFoundError,
 )
 from chipq_pipelines.events.health import KafkaClientManager
 from chipq_pipelines.events.producers import (
@@ -50,6 +51,7 @@ __all__ = [
     "SerializationError",
     "SyncInspectionEventProducer",
     "SyncQualityEventProducer",
+    "TopicNotFoundError",
     "correlation_context",
     "decode_event",
     "dlq_topic",

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.context import log_event
-from chipq_pipelines.events.delivery import DeliveryReport, ProducerCore, future_callback
+from chipq_pipelines.events.delivery import DeliveryReport, ProducerCore, ensure_topic, future_callback
 from chipq_pipelines.events.errors import ConsumerError, DeserializationError, NotStartedError
 from chipq_pipelines.events.schemas import SchemaRef
 from chipq_pipelines.events.serialization import AvroSerializer, SchemaLike
@@ -118,6 +118,7 @@ class BaseEventConsumer:
         self._stopping = False
         self._active_loops = 0
         self._counts = collections.Counter[str]()
+        self._missing_topics_reported: set[str] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -234,8 +235,25 @@ class BaseEventConsumer:
                 self._buffer.append(message)
             elif error.fatal():
                 raise ConsumerError(f"fatal Kafka error: {error.str()}")
+            elif error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+                self._warn_missing_topic(error)
             elif error.code() != KafkaError._PARTITION_EOF:
                 log_event(logger, logging.WARNING, "consumer error", group=self.group_id, error=error.str())
+
+    def _warn_missing_topic(self, error: KafkaError) -> None:
+        """Say once which subscribed topic is missing and how to create it (the consumer waits for it)."""
+        missing = [t for t in self.topics if t in error.str()] or self.topics
+        for topic in missing:
+            if topic not in self._missing_topics_reported:
+                self._missing_topics_reported.add(topic)
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "subscribed topic does not exist; waiting for it: create it with `chipq topics create`",
+                    group=self.group_id,
+                    topic=topic,
+                    bootstrap_servers=self.config.bootstrap_servers,
+                )
 
     async def _handle(self, message: Message, handler: Handler, max_retries: int) -> None:
         self._counts["messages_consumed"] += 1
@@ -294,6 +312,7 @@ class BaseEventConsumer:
             ("dlq.consumer.group", self.group_id),
             ("dlq.failed_at", datetime.now(UTC).isoformat()),
         ]
+        await ensure_topic(self._dlq, dlq_topic(topic))  # a missing DLQ: TopicNotFoundError, the record stays
         future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
         self._dlq.send(dlq_topic(topic), message.value() or b"", message.key(), headers, future_callback(future))
         report = await future  # never commit a record the DLQ has not acknowledged

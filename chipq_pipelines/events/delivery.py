@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.errors import NotStartedError, PublishError
+from chipq_pipelines.events.errors import NotStartedError, PublishError, TopicNotFoundError
 
 logger = logging.getLogger("chipq.events.producer")
 
@@ -151,8 +151,23 @@ class _Batch:
         self.on_done([o for o in self.outcomes if o is not None])
 
 
+#: How long the first publish to a topic waits for the cluster to say whether the topic exists.
+TOPIC_CHECK_TIMEOUT_S = 5.0
+#: A topic created a moment ago may be unknown to some brokers for a while: "unknown" must persist this long.
+TOPIC_PROPAGATION_S = 1.0
+#: After a check the cluster did not answer, publishes go ahead unchecked for this long before the next try.
+TOPIC_RECHECK_AFTER_S = 30.0
+_UNKNOWN_TOPIC = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+
+
 class ProducerCore:
-    """An idempotent (acks=all, compressed) librdkafka producer with a polling thread."""
+    """An idempotent (acks=all, compressed) librdkafka producer with a polling thread.
+
+    The first send to a topic asks the cluster whether the topic exists (once; the
+    answer is kept): a missing topic fails at once with ``TopicNotFoundError``
+    instead of waiting out the delivery timeout, since brokers here never
+    create topics on first use.
+    """
 
     def __init__(self, config: KafkaConfig, *, delivery_timeout_s: float = 30.0, **overrides: Any) -> None:
         self.config = config
@@ -178,6 +193,8 @@ class ProducerCore:
         self._pending: dict[int, _Batch] = {}
         self._next_id = 0
         self._pending_lock = threading.Lock()
+        self._known_topics: set[str] = set()
+        self._unchecked_until: dict[str, float] = {}
 
     @property
     def running(self) -> bool:
@@ -213,6 +230,38 @@ class ProducerCore:
         for batch in batches:
             batch.fail_open(reason)
 
+    def topic_checked(self, topic: str) -> bool:
+        """True when sending to ``topic`` needs no metadata request first (known, or checked a moment ago)."""
+        return topic in self._known_topics or time.monotonic() < self._unchecked_until.get(topic, 0.0)
+
+    def check_topic(self, topic: str, timeout: float = TOPIC_CHECK_TIMEOUT_S) -> None:
+        """Raise ``TopicNotFoundError`` when the cluster says ``topic`` does not exist (blocking, once per topic).
+
+        A topic that exists is remembered. When the cluster does not answer within
+        ``timeout`` the send goes ahead (the delivery timeout reports the outage, as
+        without this check) and the topic is asked about again later.
+        """
+        producer = self._producer
+        if producer is None or self.topic_checked(topic):
+            return
+        started = time.monotonic()
+        unknown_since: float | None = None
+        while self.fatal_reason is None and (now := time.monotonic()) < started + timeout:
+            try:
+                metadata = producer.list_topics(topic, timeout=min(1.0, started + timeout - now))
+            except KafkaException:
+                continue
+            found = metadata.topics.get(topic)
+            error = None if found is None else found.error
+            if found is not None and (error is None or error.code() not in _UNKNOWN_TOPIC):
+                self._known_topics.add(topic)  # a leader election in progress still means it exists
+                return
+            unknown_since = unknown_since or now
+            if now - unknown_since >= TOPIC_PROPAGATION_S:
+                raise TopicNotFoundError(topic, self.config.bootstrap_servers)
+            time.sleep(0.1)
+        self._unchecked_until[topic] = time.monotonic() + TOPIC_RECHECK_AFTER_S
+
     def _poll_loop(self) -> None:
         producer = self._producer
         while producer is not None and not self._stopping.is_set():
@@ -241,11 +290,16 @@ class ProducerCore:
         acknowledged message, else the reason it failed. ``on_done`` runs on a
         polling thread (or right here, when nothing could be queued).
         ``messages`` may be a generator (build headers as they are produced)
-        when ``count`` says how many it yields.
+        when ``count`` says how many it yields. Raises ``TopicNotFoundError``,
+        with nothing queued, when the topic does not exist; the first send to a
+        topic waits for that answer (async callers run ``check_topic`` in a
+        thread first, see ``ensure_topic``).
         """
         producer = self._producer
         if producer is None:
             raise NotStartedError("producer is not started: call `await producer.start()` or use `async with`")
+        if not self.topic_checked(topic):
+            self.check_topic(topic)
         if count is None:
             messages = list(messages)
             count = len(messages)
@@ -329,6 +383,12 @@ class ProducerCore:
         if remaining or failed:
             logger.warning("producer stopped with %d event(s) not delivered", max(remaining, failed))
         return max(remaining, failed)
+
+
+async def ensure_topic(core: ProducerCore, topic: str) -> None:
+    """``core.check_topic`` without blocking the event loop; free once the topic is known."""
+    if not core.topic_checked(topic):
+        await asyncio.to_thread(core.check_topic, topic)
 
 
 def future_callback(future: asyncio.Future[DeliveryReport]) -> OnDelivery:

@@ -6,6 +6,8 @@ it exactly as it came in (raw bytes and the reason).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from chipq_pipelines.errors import ChipqError
 
 
@@ -55,6 +57,32 @@ class PublishError(EventsError):
         super().__init__(message)
         #: (index in the batch, reason) of every event that was not delivered.
         self.failures = failures or []
+
+
+class TopicNotFoundError(PublishError):
+    """The topic does not exist on the cluster (brokers here do not create topics on first use)."""
+
+    def __init__(self, topic: str, bootstrap_servers: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist on the Kafka cluster at {bootstrap_servers}: nothing was sent. "
+            f"Create the platform's topics with `chipq topics create` (declared in topics.yaml; "
+            f"`chipq kafka up` does it for a local broker), or create {topic!r} yourself."
+        )
+        self.topic = topic
+        self.bootstrap_servers = bootstrap_servers
+
+
+class TopicsFileError(EventsError, ValueError):
+    """A topics file (``topics.yaml``) cannot be read or declares something invalid; names the file and entry."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"topics file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class TopicAdminError(EventsError):
+    """The cluster refused to create or describe topics (too few brokers, no permission, unreachable)."""
 
 
 class NotStartedError(EventsError, RuntimeError):

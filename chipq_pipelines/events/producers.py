@@ -22,7 +22,14 @@ from typing import Any, Generic, Self, TypeVar
 from chipq_pipelines.events import builders
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.context import log_event
-from chipq_pipelines.events.delivery import DeliveryReport, OnBatchDone, Outcome, ProducerCore, future_callback
+from chipq_pipelines.events.delivery import (
+    DeliveryReport,
+    OnBatchDone,
+    Outcome,
+    ProducerCore,
+    ensure_topic,
+    future_callback,
+)
 from chipq_pipelines.events.errors import EventValidationError, PublishError
 from chipq_pipelines.events.schemas import INSPECTION, QUALITY, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
@@ -142,6 +149,7 @@ class _AsyncProducer(_ProducerBase):
     async def _send(self, prepared: Prepared) -> DeliveryReport:
         value, key, correlation_id, event_type, event_id = prepared
         headers = [("correlation_id", correlation_id), ("event_type", event_type), ("event_id", event_id)]
+        await ensure_topic(self._core, self.topic)
         future: asyncio.Future[DeliveryReport] = asyncio.get_running_loop().create_future()
         self._core.send(self.topic, value, key, headers, future_callback(future))
         report = await future
@@ -162,6 +170,7 @@ class _AsyncProducer(_ProducerBase):
         prepared = self._prepare_batch(events, key_fn)
         if not prepared:
             return []
+        await ensure_topic(self._core, self.topic)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[list[Outcome]] = loop.create_future()
 

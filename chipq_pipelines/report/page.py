@@ -11,6 +11,7 @@ import pandas as pd
 
 from chipq_pipelines.report import charts
 from chipq_pipelines.report.data import ReportData
+from chipq_pipelines.warehouse.formatting import terminal_text
 
 STYLE = """
 body { font-family: "DejaVu Sans", Arial, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
@@ -36,7 +37,7 @@ def _cell(value: Any) -> str:
         return f'<td class="num">{value:,}</td>'
     if isinstance(value, float):
         return f'<td class="num">{value:.4f}</td>'
-    return f"<td>{escape(str(value))}</td>"
+    return f"<td>{escape(terminal_text(str(value)))}</td>"  # a control character would be invisible
 
 
 def _table(frame: pd.DataFrame, table_id: str, level_column: str | None = None) -> str:

@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import PublishError
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
-from chipq_pipelines.events.topics import INSPECTION_TOPIC, ensure_topics
+from chipq_pipelines.events.topics import EVENT_TOPICS, INSPECTION_TOPIC, ensure_topics
 from chipq_pipelines.simulate import fab
 from chipq_pipelines.simulate.generator import Simulation, SimulationConfig, generate
 from chipq_pipelines.simulate.stream import PoisonRecord
@@ -133,10 +133,8 @@ def publish_simulation(
         raise ValueError(f"rate must be positive (records per second), got {rate!r}")
     config = config or KafkaConfig.from_env()
     target = topic or INSPECTION_TOPIC
-    if topic is None:
-        ensure_topics(config)
-    else:
-        ensure_topics(config, topics=[topic])
+    # The platform's own topic: all declared topics (the pipeline reads the quality topic too).
+    ensure_topics(config, topics=EVENT_TOPICS if target == INSPECTION_TOPIC else [target])
     if truth_path is not None:
         truth_path = write_truth(sim, truth_path)
     chunk = batch_size if rate is None else max(1, min(batch_size, int(rate / 4)))
@@ -244,8 +242,13 @@ def simulate_command(
     """What ``chipq simulate`` runs: generate, publish, print a short summary; returns the report.
 
     ``start`` (naive = UTC) defaults to ``default_start``; pass it for a
-    byte-identical re-run. Raises ``ValueError`` on bad arguments.
+    byte-identical re-run. ``topic`` defaults to the one the pipeline reads
+    (``CHIPQ_INSPECTION_TOPIC``, else ``chip-quality.inspection.events``).
+    Raises ``ValueError`` on bad arguments.
     """
+    from chipq_pipelines.environment import inspection_topic_from_env
+
+    topic = topic or inspection_topic_from_env()
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     began = time.monotonic()

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, Literal
@@ -15,6 +16,26 @@ import pandas as pd
 
 OutputFormat = Literal["table", "csv", "json"]
 FORMATS: tuple[OutputFormat, ...] = ("table", "csv", "json")
+
+
+# C0 and C1 controls and DEL (ESC starts the ANSI sequences that recolour, move the cursor or
+# set a terminal's title; 0x9b is an 8-bit CSI), plus the Unicode bidi overrides that reorder
+# what follows them on screen. A value from Kafka reaches analysts' terminals through tables.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def terminal_text(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters shown escaped (ESC as ``\\x1b``, newline as ``\\n``)."""
+    return _UNPRINTABLE.sub(_escape_char, text)
 
 
 def _is_missing(value: Any) -> bool:
@@ -30,9 +51,8 @@ def _cell_text(value: Any, null: str) -> str:
         return "\\x" + value.hex()
     if isinstance(value, pd.Timestamp | dt.datetime | dt.date):
         return value.isoformat()
-    text = str(value)
-    # A pipe or newline inside a value would break the table's structure.
-    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    # A pipe or a line break inside a value would break the table's structure; escapes would reach the terminal.
+    return terminal_text(str(value)).replace("|", "\\|")
 
 
 def markdown_table(df: pd.DataFrame, *, null: str = "NULL", max_rows: int | None = None) -> str:
@@ -79,15 +99,21 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
+def format_result(df: pd.DataFrame, fmt: OutputFormat = "table", *, terminal: bool = False) -> str:
     """Render a query result: ``table`` (aligned markdown), ``csv`` (header + rows) or ``json`` (array of objects).
 
-    JSON: timestamps and dates in ISO 8601, NULL/NaN as ``null``, BLOBs in base64, MAPs as objects.
+    Tables show control characters escaped (``\\x1b``). CSV keeps values exact, for files, unless
+    ``terminal`` (it is printed on one): then its text values are escaped as in tables.
+    JSON: timestamps and dates in ISO 8601, NULL/NaN as ``null``, BLOBs in base64, MAPs as objects,
+    control characters as JSON escapes.
     """
     if fmt == "table":
         return markdown_table(df)
     if fmt == "csv":
-        return str(df.to_csv(index=False, lineterminator="\n"))
+        if terminal:
+            df = df.apply(lambda column: column.map(lambda v: terminal_text(v) if isinstance(v, str) else v))
+        # The caller prints it with a newline of its own (click.echo, print): one, not two.
+        return str(df.to_csv(index=False, lineterminator="\n")).removesuffix("\n")
     if fmt == "json":
         records = [
             {str(column): _json_value(value) for column, value in zip(df.columns, row, strict=True)}

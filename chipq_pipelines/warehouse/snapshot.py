@@ -39,6 +39,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from chipq_pipelines.warehouse.reader_limits import ReaderLimits
 from chipq_pipelines.warehouse.schema import connect, ensure_schema, transaction
 
 SNAPSHOT_SCHEMAS = ("raw", "ops", "marts")
@@ -387,34 +388,41 @@ def snapshot_age_seconds(snapshot_path: str | Path) -> float | None:
     return max(0.0, time.time() - published)
 
 
-def open_snapshot(snapshot_path: str | Path, *, attempts: int = 5) -> duckdb.DuckDBPyConnection:
+def open_snapshot(
+    snapshot_path: str | Path, *, attempts: int = 5, limits: ReaderLimits | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the snapshot read-only, in UTC, with file access disabled (no ATTACH, COPY TO, reads of other files).
 
+    Memory and spilling are capped by ``limits`` (default ``ReaderLimits.from_env()``), and the
+    configuration is then locked so that a query cannot raise the caps again.
     A reader that resolved the link just before a swap could meet the writer on a copy
     it is bringing up to date; it then retries on the fresh link (a few milliseconds).
     """
     path = Path(snapshot_path)
+    limits = limits or ReaderLimits.from_env()
     for attempt in range(attempts):
         if not path.is_file():
             raise FileNotFoundError(f"no analyst snapshot at {path} (the pipeline publishes it after landing data)")
+        config = {"enable_external_access": False, **limits.duckdb_config(path)}
         try:
-            conn = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+            conn = duckdb.connect(str(path), read_only=True, config=config)
         except duckdb.Error as exc:
             if not _is_lock_error(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.02 * (attempt + 1))
             continue
         conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET lock_configuration = true")
         return conn
     raise AssertionError("unreachable")
 
 
-def query_snapshot(snapshot_path: str | Path, sql: str) -> pd.DataFrame:
+def query_snapshot(snapshot_path: str | Path, sql: str, *, limits: ReaderLimits | None = None) -> pd.DataFrame:
     """Run ``sql`` against the read-only snapshot and return the result (empty frame for statements without one).
 
     Writes fail: the file is opened read-only and external file access is disabled.
     """
-    conn = open_snapshot(snapshot_path)
+    conn = open_snapshot(snapshot_path, limits=limits)
     try:
         relation = conn.execute(sql)
         if relation.description is None:

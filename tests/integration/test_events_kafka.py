@@ -19,7 +19,7 @@ from chipq_pipelines.events import builders
 from chipq_pipelines.events.base_consumer import BaseEventConsumer, ConsumedRecord
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.context import correlation_context
-from chipq_pipelines.events.errors import EventValidationError
+from chipq_pipelines.events.errors import EventValidationError, PublishError, TopicNotFoundError
 from chipq_pipelines.events.health import KafkaClientManager
 from chipq_pipelines.events.producers import (
     InspectionEventProducer,
@@ -27,7 +27,7 @@ from chipq_pipelines.events.producers import (
 )
 from chipq_pipelines.events.schemas import load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
-from chipq_pipelines.events.topics import dlq_topic
+from chipq_pipelines.events.topics import dlq_topic, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -430,3 +430,54 @@ def test_stop_reports_events_that_were_not_delivered() -> None:
     assert core.stop(timeout=0.5) == 1
     assert reasons and "before Kafka acknowledged" in str(reasons[0])
     assert json.dumps(core.metrics.snapshot(0))  # metrics stay serialisable
+
+
+# ---------------------------------------------------------------- missing topics
+
+
+@pytest.mark.asyncio
+async def test_publishing_to_a_missing_topic_fails_fast_naming_it_and_the_fix(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """Brokers here never create topics on first use: say so at once instead of timing out after 30 s."""
+    config = KafkaConfig(bootstrap_servers=kafka_bootstrap)
+    topic = unique_name("not-created")
+    async with InspectionEventProducer(config, topic=topic) as producer:
+        started = time.monotonic()
+        with pytest.raises(TopicNotFoundError) as caught:
+            await producer.publish_inspection_created("INSP-1", "LOT-1", "CHIP-1", "visual")
+        assert time.monotonic() - started < 5
+        assert caught.value.topic == topic
+        assert isinstance(caught.value, PublishError)  # callers catching PublishError see it too
+        assert repr(topic) in str(caught.value) and "`chipq topics create`" in str(caught.value)
+        assert producer.get_metrics()["messages_sent"] == 0
+
+        # once the topic exists the same producer publishes (nothing stale was kept)
+        ensure_topics(config, 1, topics=[topic], with_dlq=False)
+        report = await producer.publish_inspection_created("INSP-1", "LOT-1", "CHIP-1", "visual")
+        assert report.topic == topic
+
+    with SyncQualityEventProducer(config, topic=unique_name("not-created")) as blocking:
+        started = time.monotonic()
+        with pytest.raises(TopicNotFoundError, match="chipq topics create"):
+            blocking.publish_threshold_violated(batch_id="LOT-1", threshold=0.1, observed_value=0.2, rule="r")
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.asyncio
+async def test_consumer_of_a_missing_topic_says_which_and_how_to_create_it(
+    kafka_bootstrap: str, unique_name: Callable[[str], str], new_group: Callable[[str], str], caplog
+) -> None:
+    topic = unique_name("not-created")
+    consumer = BaseEventConsumer([topic], new_group("missing"), config=KafkaConfig(bootstrap_servers=kafka_bootstrap))
+    await consumer.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="chipq.events.consumer"):
+            deadline = time.monotonic() + 15
+            while topic not in caplog.text and time.monotonic() < deadline:
+                await consumer.consume(handler=lambda event, record: None, timeout=0.5)
+    finally:
+        await consumer.stop()
+    warnings = [r.getMessage() for r in caplog.records if topic in r.getMessage()]
+    assert len(warnings) == 1, warnings  # said once, not on every poll
+    assert "does not exist" in warnings[0] and "chipq topics create" in warnings[0]

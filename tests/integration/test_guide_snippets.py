@@ -1,11 +1,14 @@
-"""The integration guide's Python snippets, run as written against the real broker.
+"""The integration guide's Python snippets, run as written against a broker a new user would have.
 
 The snippets below are copied byte-for-byte from
 ``shared/spec/event-streaming-integration-guide.md`` (checked against it when the
-file is at hand). Tests fill in only what the guide leaves to the service:
-its database stub, its inspection objects, the broker address in the
-environment, and (for the guide's own unit test, which hard-codes
-``localhost:9092``) a TCP forwarder from that port to the test broker.
+file is at hand). They run against a broker this module starts with
+``chipq kafka up`` in a CHIPQ_HOME of its own, as a new user would, and nothing
+here creates a topic: what the guide needs must come from ``chipq kafka up``.
+Tests fill in only what the guide leaves to the service: its database stub,
+its inspection objects, the broker address in the environment, and (for the
+guide's own unit test, which hard-codes ``localhost:9092``) a TCP forwarder
+from that port to the broker.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -31,7 +37,8 @@ from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.schemas import SCHEMAS_DIR
 from chipq_pipelines.events.serialization import decode_event
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC, ensure_topics
-from chipq_pipelines.local_kafka import metadata_answers
+from chipq_pipelines.local_kafka import ensure_jars, free_port, metadata_answers
+from chipq_pipelines.paths import ChipqHome
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +97,39 @@ def test_snippets_are_the_guides_own() -> None:
 # ---------------------------------------------------------------- helpers
 
 
+def _chipq(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CHIPQ_HOME": str(home)}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "chipq_pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def fresh_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker started by `chipq kafka up` in a new CHIPQ_HOME (the jar cache linked in: no download)."""
+    jars = ensure_jars(ChipqHome.from_env().kafka_lib, quiet=True)
+    home = tmp_path_factory.mktemp("fresh-home")
+    (home / "kafka").mkdir()
+    (home / "kafka" / "lib").symlink_to(jars)
+    port = free_port()
+    up = _chipq(home, "kafka", "up", "--port", str(port))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        for topic in (INSPECTION_TOPIC, QUALITY_TOPIC, f"{INSPECTION_TOPIC}.dlq", f"{QUALITY_TOPIC}.dlq"):
+            assert f"created {topic} (" in up.stdout, up.stdout
+        yield f"127.0.0.1:{port}"
+    finally:
+        down = _chipq(home, "kafka", "down")
+        assert down.returncode == 0 and f"127.0.0.1:{port} stopped" in down.stdout, down.stdout + down.stderr
+
+
 @pytest.fixture
-def guide_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> KafkaConfig:
-    """The services' environment: KAFKA_BOOTSTRAP_SERVERS set, topics created."""
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+def guide_env(fresh_broker: str, monkeypatch: pytest.MonkeyPatch) -> KafkaConfig:
+    """The services' environment: KAFKA_BOOTSTRAP_SERVERS set to the fresh broker; nothing created here."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", fresh_broker)
     monkeypatch.delenv("SCHEMA_REGISTRY_URL", raising=False)
-    config = KafkaConfig.from_env()
-    ensure_topics(config, partitions=3)
-    return config
+    return KafkaConfig.from_env()
 
 
 def run_snippet(snippet: str, **names: Any) -> dict[str, Any]:
@@ -148,13 +180,14 @@ def commit_group_to_end(bootstrap: str, group: str, topics: list[str]) -> None:
 
 
 @pytest.fixture
-def localhost_9092(kafka_bootstrap: str) -> Iterator[str]:
-    """Make ``localhost:9092`` (hard-coded in the guide's unit test) reach a broker."""
+def localhost_9092(guide_env: KafkaConfig) -> Iterator[str]:
+    """Make ``localhost:9092`` (hard-coded in the guide's unit test) reach the fresh broker."""
     if metadata_answers("localhost:9092", timeout=3):
-        ensure_topics(KafkaConfig(bootstrap_servers="localhost:9092"), partitions=3)
+        # Someone else's broker holds the port (not the one under test): give it the topics the guide needs.
+        ensure_topics(KafkaConfig(bootstrap_servers="localhost:9092"))
         yield "localhost:9092"
         return
-    host, port = kafka_bootstrap.rsplit(":", 1)
+    host, port = guide_env.bootstrap_servers.rsplit(":", 1)
     try:
         listener = socket.create_server(("127.0.0.1", 9092))
     except OSError as exc:

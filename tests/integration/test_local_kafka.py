@@ -65,6 +65,36 @@ def test_up_twice_status_down(scratch_home: Path) -> None:
     assert again.returncode == 0 and "no chipq broker" in again.stdout
 
 
+def test_status_and_down_without_port_cover_every_broker_of_the_home(scratch_home: Path) -> None:
+    first = free_port()
+    ports = [str(p) for p in sorted({first, next(p for p in iter(free_port, None) if p != first)})]
+    try:
+        for port in ports:
+            up = _chipq("kafka", "up", "--port", port, home=scratch_home)
+            assert up.returncode == 0, up.stderr
+        assert len(_broker_pids(scratch_home)) == 2
+
+        status = _chipq("kafka", "status", home=scratch_home)
+        assert status.returncode == 0, status.stderr
+        assert [line.split()[:2] for line in status.stdout.splitlines()[:2]] == [
+            ["running", f"127.0.0.1:{port}"] for port in ports
+        ]
+        assert status.stdout.splitlines()[-1] == (
+            f"export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"
+        )
+    finally:
+        down = _chipq("kafka", "down", home=scratch_home)
+    assert down.returncode == 0, down.stderr
+    assert sorted(down.stdout.splitlines()) == [f"Kafka at 127.0.0.1:{port} stopped" for port in ports]
+    assert _broker_pids(scratch_home) == []
+    status = _chipq("kafka", "status", home=scratch_home)
+    assert status.returncode == 1
+    assert [line.split()[:2] for line in status.stdout.splitlines()] == [
+        ["stopped", f"127.0.0.1:{port}"] for port in ports
+    ]
+    assert "not running" in status.stderr
+
+
 def test_port_held_by_another_process_is_a_clear_error(scratch_home: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))

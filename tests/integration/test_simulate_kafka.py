@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -98,3 +101,18 @@ def test_rate_paces_a_steady_stream(kafka_bootstrap: str, new_topic: Callable[..
     messages = read_all(kafka_bootstrap, topic, report.records)
     assert len(messages) == report.records
     assert sum(isinstance(r, PoisonRecord) for r in sim.records) == 6
+
+
+def test_cli_publishes_to_the_pipelines_inspection_topic(
+    kafka_bootstrap: str, new_topic: Callable[..., str], tmp_path: Path
+) -> None:
+    """`chipq simulate` feeds the topic the pipeline of this environment reads (CHIPQ_INSPECTION_TOPIC)."""
+    topic = new_topic("simulate-env", partitions=2)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CHIPQ_INSPECTION_TOPIC": topic}
+    env["CHIPQ_HOME"] = str(tmp_path / "home")
+    cli = [sys.executable, "-m", "chipq_pipelines.cli", "simulate", "-n", "400", "--lots", "2", "--no-progress"]
+    result = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"to {topic} in" in result.stdout
+    published = int(result.stdout.split("published ")[1].split(" records")[0].replace(",", ""))
+    assert len(read_all(kafka_bootstrap, topic, published)) == published

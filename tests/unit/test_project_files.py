@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -54,3 +55,19 @@ def test_docker_compose_file_is_valid() -> None:
         [*compose, "-f", "docker-compose.yml", "config", "--services"], cwd=ROOT, capture_output=True, text=True
     ).stdout.split()
     assert {"kafka", "schema-registry", "postgres", "dagster-webserver", "dagster-daemon"} <= set(services)
+
+
+def test_docker_compose_publishes_ports_on_loopback_only() -> None:
+    """Kafka, the registry and the Dagster UI have no authentication: never reachable from the network."""
+    compose = _compose_command()
+    if compose is None:
+        pytest.skip("no docker client on this machine")
+    result = subprocess.run(
+        [*compose, "-f", "docker-compose.yml", "config", "--format", "json"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    published = {name: service.get("ports", []) for name, service in json.loads(result.stdout)["services"].items()}
+    assert {"kafka", "schema-registry", "dagster-webserver"} <= {name for name, ports in published.items() if ports}
+    for name, ports in published.items():
+        for port in ports:
+            assert port.get("host_ip") == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
