@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.consumers import AnalyticsConsumer, NotificationConsumer
-from chipq_pipelines.events.notifiers import WebhookNotifier
+from chipq_pipelines.events.notifiers import NotificationError, WebhookNotifier
 from chipq_pipelines.events.producers import InspectionEventProducer, SyncQualityEventProducer
-from chipq_pipelines.events.topics import ensure_topics
+from chipq_pipelines.events.topics import QUALITY_TOPIC, dlq_topic, ensure_topics
 from chipq_pipelines.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -135,3 +137,75 @@ async def test_notifications_go_to_a_webhook_once_per_event_id(config: KafkaConf
         server.shutdown()
     mine = [r for r in received if r["event_id"] == event_id]
     assert len(mine) == 1 and mine[0]["scope"] == "DAY" and mine[0]["event_date"] == "2025-02-03"
+
+
+@pytest.mark.asyncio
+async def test_a_failing_webhook_never_shows_its_secret_url(
+    config: KafkaConfig, new_group: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack/Teams keep the credential in the URL's path and query: DLQ headers, logs and errors show the host only."""
+
+    class Refusing(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    secret = f"T0SECRET/B0SECRET/{uuid.uuid4().hex}"
+    origin = f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"{origin}/services/{secret}?token={secret[-8:]}"
+    event_id = str(uuid.uuid4())
+    dlq = dlq_topic(QUALITY_TOPIC)
+    try:
+        with SyncQualityEventProducer(config) as producer:
+            producer.publish_threshold_violated(batch_id=f"LOT-{event_id[:8]}", threshold=0.9, event_id=event_id)
+        notifier = WebhookNotifier(url)
+        assert secret not in repr(notifier)
+        consumer = NotificationConsumer(config, notifier=notifier, group_id=new_group("notify"), retry_backoff_s=0.01)
+        caplog.set_level(logging.DEBUG)
+        await consumer.start()
+        try:
+            deadline = time.monotonic() + 30
+            while consumer.get_metrics()["messages_dead_lettered"] < 1 and time.monotonic() < deadline:
+                await consumer.consume_with_retry(consumer.process_event, max_retries=1, timeout=0.5)
+        finally:
+            await consumer.stop()
+    finally:
+        server.shutdown()
+    headers = _dead_letter_headers(config, dlq, event_id)
+    reason = headers["dlq.reason"]
+    assert f"webhook {origin} answered HTTP 500" in reason, reason
+    for text in [*headers.values(), caplog.text]:
+        assert secret not in text and "/services/" not in text and "token=" not in text
+
+    # Unreachable (a closed port): the connection error names the host only, too.
+    closed = f"http://127.0.0.1:{server.server_address[1]}/services/{secret}"
+    with pytest.raises(NotificationError) as failure:
+        await WebhookNotifier(closed).notify({"event_id": event_id})
+    assert secret not in str(failure.value) and "127.0.0.1" in str(failure.value)
+    assert failure.value.__cause__ is None and failure.value.__suppress_context__
+
+
+def _dead_letter_headers(config: KafkaConfig, topic: str, event_id: str) -> dict[str, str]:
+    """The headers of the record of ``event_id`` on the dead-letter topic ``topic``."""
+    consumer = Consumer(
+        config.librdkafka_config(**{"group.id": f"dlq-reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest"})
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            message = consumer.poll(1)
+            if message is None or message.error():
+                continue
+            headers = {k: (v or b"").decode() for k, v in message.headers() or []}
+            if headers.get("event_id") == event_id:
+                return headers
+    finally:
+        consumer.close()
+    raise AssertionError(f"no dead-lettered record of {event_id} on {topic}")
