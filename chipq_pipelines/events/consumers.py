@@ -58,6 +58,7 @@ class LotStatistics:
     quality_assessed: int = 0
     quality_passed: int = 0
     threshold_violations: int = 0
+    threshold_clearances: int = 0
     last_event_time: datetime | None = None
 
     @property
@@ -76,6 +77,7 @@ class LotStatistics:
             "quality_assessed": self.quality_assessed,
             "quality_passed": self.quality_passed,
             "threshold_violations": self.threshold_violations,
+            "threshold_clearances": self.threshold_clearances,
             "last_event_time": self.last_event_time,
         }
 
@@ -126,6 +128,8 @@ class AnalyticsConsumer(BaseEventConsumer):
             lot.quality_passed += bool(event.get("pass_fail"))
         elif event_type == "THRESHOLD_VIOLATED":
             lot.threshold_violations += 1
+        elif event_type == "THRESHOLD_CLEARED":
+            lot.threshold_clearances += 1
         event_time = event.get("event_time")
         if isinstance(event_time, datetime) and (lot.last_event_time is None or event_time > lot.last_event_time):
             lot.last_event_time = event_time

@@ -1,4 +1,4 @@
-"""Where NotificationConsumer sends threshold alerts: a log line, a webhook, or a JSONL file.
+"""Where NotificationConsumer sends threshold alerts (violated and cleared): a log line, a webhook, or a JSONL file.
 
 ``notifier_from_env()`` picks one: ``CHIPQ_ALERT_WEBHOOK_URL`` (HTTP POST of
 the event as JSON), else ``CHIPQ_ALERT_JSONL`` (one JSON line per alert),
@@ -78,8 +78,8 @@ class LogNotifier:
     async def notify(self, event: dict[str, Any]) -> None:
         log_event(
             logger,
-            logging.WARNING,
-            "threshold violated",
+            logging.WARNING if event.get("event_type") != "THRESHOLD_CLEARED" else logging.INFO,
+            "threshold cleared" if event.get("event_type") == "THRESHOLD_CLEARED" else "threshold violated",
             alert_level=event.get("alert_level"),
             scope=event.get("scope"),
             rule=event.get("rule"),
