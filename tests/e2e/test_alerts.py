@@ -10,7 +10,6 @@ UCL(20 chips) = 7 defects (0.35), UCL(100) = 21 (0.21), p-chart UCL(20) = 5 fail
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -25,7 +24,6 @@ from confluent_kafka import Consumer, TopicPartition
 from chipq_pipelines.alerts.listing import recent_alerts
 from chipq_pipelines.definitions import build_defs
 from chipq_pipelines.defs.partitions import lot_partition_key
-from chipq_pipelines.events.consumers import NotificationConsumer
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.events.serialization import latest_reader_decoder
 from chipq_pipelines.rules.loader import shipped_rules_text
@@ -236,13 +234,16 @@ def test_each_shipped_rule_fires_exactly_where_built_and_rerunning_adds_nothing(
     assert int(outbox["attempts"][0]) == 1
 
 
-def test_a_second_pipeline_from_scratch_publishes_the_same_event_ids(alerts_env, tmp_path: Path, monkeypatch) -> None:
+def test_a_second_pipeline_from_scratch_derives_the_same_ids_and_publishes_none_again(
+    alerts_env, tmp_path: Path, monkeypatch
+) -> None:
     fab, expected = _build(f"ALT-{uuid.uuid4().hex[:6]}")
     _publish(alerts_env, fab.events)
     _catch_up()
     first = {e["event_id"] for e in _violations_on_topic(alerts_env)}
 
-    # A whole new warehouse and Dagster instance over the same topics: same facts, same ids.
+    # A whole new warehouse and Dagster instance over the same topics: it lands the alerts the first
+    # one published, derives the same ids (the SPC baseline keeps its number) and sends none again.
     second_home = tmp_path / "second"
     second_home.mkdir()
     monkeypatch.setenv("CHIPQ_HOME", str(second_home))
@@ -250,12 +251,16 @@ def test_a_second_pipeline_from_scratch_publishes_the_same_event_ids(alerts_env,
     monkeypatch.setenv("CHIPQ_PIPELINE_GROUP", f"second-{uuid.uuid4().hex[:8]}")
     _catch_up()
     events = _violations_on_topic(alerts_env)
-    assert {e["event_id"] for e in events} == first
-    assert {_identity(e) for e in events} == expected
-    assert len(events) == 2 * len(expected)
+    assert len(events) == len(first) == len(expected), "no violation published twice"
+    listed = query_snapshot(
+        second_home / "analytics.duckdb",
+        "SELECT event_id, published, publish_attempts FROM ops.alerts JOIN ops.alert_outbox USING (event_id)",
+    )
+    assert set(listed["event_id"]) == first, "the second warehouse derived the same event ids"
+    assert listed["published"].all() and (listed["publish_attempts"] == 0).all(), "found on the topic, not sent"
 
 
-def test_a_crash_between_send_and_mark_resends_the_same_event_ids(alerts_env) -> None:
+def test_a_crash_between_send_and_mark_sends_nothing_again(alerts_env) -> None:
     fab, expected = _build(f"ALC-{uuid.uuid4().hex[:6]}")
     _publish(alerts_env, fab.events)
     crashed = subprocess.run(
@@ -273,26 +278,15 @@ def test_a_crash_between_send_and_mark_resends_the_same_event_ids(alerts_env) ->
     sent_once = _violations_on_topic(alerts_env)
     assert {_identity(e) for e in sent_once} == expected, "the crashed run had sent everything"
 
+    # The next run lands the quality topic, finds the events there and marks their rows: none is sent again.
     _catch_up()
     events = _violations_on_topic(alerts_env)
-    assert len(events) == 2 * len(expected), "every unmarked event was sent again"
+    assert len(events) == len(expected), "nothing sent twice"
     assert {e["event_id"] for e in events} == {e["event_id"] for e in sent_once}
-    assert {_identity(e) for e in events} == expected
-
-    # Consumers dedupe by event id: one notification per violation.
-    notified: list[str] = []
-
-    class Recorder:
-        async def notify(self, event: dict[str, Any]) -> None:
-            notified.append(event["event_id"])
-
-    consumer = NotificationConsumer(alerts_env.kafka_config, notifier=Recorder())
-    for event in events:
-        asyncio.run(consumer.process_event(event, None))  # type: ignore[arg-type]
-    assert sorted(notified) == sorted({e["event_id"] for e in events})
-    assert consumer.duplicates_skipped == len(expected)
-
-    attempts = query_snapshot(
-        alerts_env.snapshot, "SELECT min(publish_attempts) AS lo, count(*) AS n FROM ops.alert_outbox"
+    outbox = query_snapshot(
+        alerts_env.snapshot,
+        "SELECT min(publish_attempts) AS lo, max(publish_attempts) AS hi, count(*) AS n, "
+        "count(*) FILTER (WHERE published_at IS NULL) AS unpublished FROM ops.alert_outbox",
     )
-    assert int(attempts["lo"][0]) == 2 and int(attempts["n"][0]) == len(expected)
+    assert int(outbox["lo"][0]) == int(outbox["hi"][0]) == 1 and int(outbox["n"][0]) == len(expected)
+    assert int(outbox["unpublished"][0]) == 0
