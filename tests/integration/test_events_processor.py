@@ -12,12 +12,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.consumers import AnalyticsConsumer, NotificationConsumer
@@ -168,11 +169,18 @@ async def test_a_failing_webhook_never_shows_its_secret_url(
         assert secret not in repr(notifier)
         consumer = NotificationConsumer(config, notifier=notifier, group_id=new_group("notify"), retry_backoff_s=0.01)
         caplog.set_level(logging.DEBUG)
+        attempts = 0
+
+        async def handler(event: dict[str, Any], record: Any) -> None:
+            nonlocal attempts
+            attempts += event["event_id"] == event_id
+            await consumer.process_event(event, record)
+
         await consumer.start()
         try:
             deadline = time.monotonic() + 30
-            while consumer.get_metrics()["messages_dead_lettered"] < 1 and time.monotonic() < deadline:
-                await consumer.consume_with_retry(consumer.process_event, max_retries=1, timeout=0.5)
+            while attempts < 2 and time.monotonic() < deadline:  # the record is dead-lettered after its 2nd attempt
+                await consumer.consume_with_retry(handler, max_retries=1, timeout=0.5)
         finally:
             await consumer.stop()
     finally:
@@ -209,3 +217,59 @@ def _dead_letter_headers(config: KafkaConfig, topic: str, event_id: str) -> dict
     finally:
         consumer.close()
     raise AssertionError(f"no dead-lettered record of {event_id} on {topic}")
+
+
+@pytest.mark.asyncio
+async def test_two_replicas_and_a_restart_notify_each_alert_once(config: KafkaConfig, new_group: Any) -> None:
+    """Two consumers of one group share the notified ids (``<group>.notified``); a restarted one that reads
+    everything again (its offsets rewound, as after a crash before committing) notifies nothing again."""
+    group = new_group("notify")
+    notified: list[str] = []
+
+    class Recorder:
+        async def notify(self, event: dict[str, Any]) -> None:
+            notified.append(event["event_id"])
+
+    lot = f"LOT-{uuid.uuid4().hex[:8]}"
+    ids = [str(uuid.uuid4()) for _ in range(12)]
+    with SyncQualityEventProducer(config) as producer:
+        for copy in range(2):  # every alert twice (a re-send), on different partitions (other keys)
+            for index, event_id in enumerate(ids):
+                if index % 3 == 2:
+                    producer.publish_threshold_cleared(batch_id=f"{lot}-{index}-{copy}", rule="r", event_id=event_id)
+                else:
+                    producer.publish_threshold_violated(batch_id=f"{lot}-{index}-{copy}", event_id=event_id)
+
+    def mine() -> list[str]:
+        return [i for i in notified if i in ids]
+
+    async def run(consumers: list[NotificationConsumer], until: Callable[[], bool]) -> None:
+        for consumer in consumers:
+            await consumer.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not until() and time.monotonic() < deadline:
+                await asyncio.gather(*(c.consume(c.process_event, timeout=0.5) for c in consumers))
+        finally:
+            for consumer in consumers:
+                await consumer.stop()
+
+    replicas = [NotificationConsumer(config, notifier=Recorder(), group_id=group) for _ in range(2)]
+    await run(replicas, lambda: sum(r.duplicates_skipped for r in replicas) >= len(ids) and len(mine()) >= len(ids))
+    assert sorted(mine()) == sorted(ids), "each alert notified once by the two replicas"
+
+    _rewind(config, group)
+    restarted = NotificationConsumer(config, notifier=Recorder(), group_id=group)
+    await run([restarted], lambda: restarted.duplicates_skipped >= 2 * len(ids))
+    assert restarted.duplicates_skipped >= 2 * len(ids), "the restarted consumer read every alert again"
+    assert sorted(mine()) == sorted(ids), "nothing notified again after the restart"
+
+
+def _rewind(config: KafkaConfig, group: str) -> None:
+    """Commit offset 0 on every partition of the quality topic for ``group`` (it then reads everything again)."""
+    consumer = Consumer(config.librdkafka_config(**{"group.id": group, "enable.auto.commit": False}))
+    try:
+        partitions = consumer.list_topics(QUALITY_TOPIC, timeout=10).topics[QUALITY_TOPIC].partitions
+        consumer.commit(offsets=[TopicPartition(QUALITY_TOPIC, p, 0) for p in partitions], asynchronous=False)
+    finally:
+        consumer.close()
