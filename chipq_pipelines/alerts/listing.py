@@ -17,7 +17,8 @@ def recent_alerts(
     """The newest ``limit`` violations in ``ops.alerts`` of the snapshot, optionally one level or rule.
 
     Columns: detected_at, alert_level, rule, scope, subject (lot, or day / defect type),
-    observed_value, threshold, published, message. Raises ``FileNotFoundError`` when no
+    observed_value, threshold, state (open, or cleared once the subject stopped breaking the
+    rule), cleared_at, published, message. Raises ``FileNotFoundError`` when no
     snapshot was published yet.
     """
     conn = open_snapshot(snapshot_path)
@@ -28,7 +29,7 @@ def recent_alerts(
         if not exists or not exists[0]:
             return pd.DataFrame(
                 columns=["detected_at", "alert_level", "rule", "scope", "subject", "observed_value", "threshold",
-                         "published", "message"]
+                         "state", "cleared_at", "published", "message"]
             )  # fmt: skip
         params = {"limit": limit, "level": level.upper() if level else None, "rule": rule}
         return conn.execute(_sql("recent_alerts"), params).df()
@@ -48,7 +49,11 @@ def format_alerts(frame: pd.DataFrame) -> str:
         observed_value=frame["observed_value"].map(lambda v: f"{v:.4g}"),
         threshold=frame["threshold"].map(lambda v: f"{v:.4g}"),
         published=frame["published"].map(lambda p: "yes" if p else "pending"),
+        state=[
+            "open" if state != "cleared" else f"cleared {cleared:%Y-%m-%d %H:%M:%S}"
+            for state, cleared in zip(frame["state"], frame["cleared_at"], strict=True)
+        ],
     )
     for column in ("alert_level", "rule", "scope", "subject"):
         shown[column] = shown[column].map(lambda v: v if v is None else terminal_text(str(v)))
-    return shown.to_string(index=False)
+    return shown.drop(columns=["cleared_at"]).to_string(index=False)

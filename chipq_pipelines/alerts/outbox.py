@@ -1,28 +1,26 @@
-"""The alert outbox: rules evaluated on changed mart partitions, violations published to Kafka.
+"""The alert outbox: rules evaluated on changed mart partitions into violations and clearances.
 
 No Dagster here (the assets call these inside the ``duckdb_writer`` slot).
-Evaluation is one DuckDB transaction: new violations, the SPC baseline when it
-freezes, and the watermarks of what was evaluated. Publishing sends the
-unpublished rows and marks only the acknowledged ones, so a crash between the
-send and the mark re-sends the same event ids on the next run.
+Evaluation is one DuckDB transaction: chipq's alert events landed from the quality
+topic joined to the history, new violations and clearances (``lifecycle``), the SPC
+baseline when it freezes, and the watermarks of what was evaluated. ``publish``
+sends the outbox.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
 import pandas as pd
 
+from chipq_pipelines.alerts import lifecycle
+from chipq_pipelines.alerts.fence import TopicFence
 from chipq_pipelines.alerts.sql import load as _sql
-from chipq_pipelines.events import builders
-from chipq_pipelines.events.delivery import DeliveryReport
-from chipq_pipelines.ingest.reader import FAULT_ENV
 from chipq_pipelines.rules.evaluate import Violation, evaluate_day, evaluate_lot, lot_in_control
 from chipq_pipelines.rules.loader import RuleSet, SpcBaselineValues
 from chipq_pipelines.rules.spc import (
@@ -37,13 +35,9 @@ from chipq_pipelines.warehouse.schema import transaction
 
 log = logging.getLogger(__name__)
 
-#: Rules that judge a quality score: their events also carry it as quality_score.
-SCORE_RULES = {"lot_mean_score", "spc_we1_beyond_3sigma", "spc_we2_2of3_beyond_2sigma"}
-SCORE_RULES |= {"spc_we3_4of5_beyond_1sigma", "spc_we4_8_in_a_row"}
-PUBLISH_BATCH = 500
 OUTBOX_COLUMNS = [
-    "event_id", "rule", "rules_version", "scope", "lot_id", "event_date", "defect_type", "alert_level",
-    "threshold", "observed_value", "message", "detected_at",
+    "event_id", "event_type", "episode", "rule", "rules_version", "scope", "lot_id", "event_date", "defect_type",
+    "alert_level", "threshold", "observed_value", "message", "detected_at",
 ]  # fmt: skip
 
 
@@ -59,6 +53,12 @@ class Evaluation:
     spc_lots_judged: int = 0
     violations_found: int = 0
     new_violations: list[Violation] = field(default_factory=list)
+    #: THRESHOLD_CLEARED rows stored by this evaluation: subjects that stopped breaking a rule
+    new_clearances: list[lifecycle.Clearance] = field(default_factory=list)
+    #: chipq's alert events found on the quality topic and brought into the outbox
+    found_on_topic: int = 0
+    #: why nothing was evaluated (partitions not landed up to the fence); empty when evaluated
+    deferred: list[str] = field(default_factory=list)
     baseline: Baseline | None = None
     baseline_id: int | None = None
     baseline_frozen_now: bool = False
@@ -83,7 +83,7 @@ class Evaluation:
         )
 
 
-def _records(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None) -> list[dict]:
+def records(conn: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any] | None = None) -> list[dict]:
     relation = conn.execute(_sql(name), params or {})
     columns = [d[0] for d in relation.description or []]
     return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
@@ -99,7 +99,7 @@ def _set_state(conn: duckdb.DuckDBPyConnection, name: str, watermark: dt.datetim
 
 
 def _stored_baseline(conn: duckdb.DuckDBPyConnection) -> tuple[int, Baseline] | None:
-    rows = _records(conn, "spc_baseline_get")
+    rows = records(conn, "spc_baseline_get")
     if not rows:
         return None
     row = rows[0]
@@ -147,13 +147,21 @@ def changed_partitions(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> tuple
     return lot_ids, days
 
 
-def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Evaluation:
-    """Evaluate the rules on the mart partitions rewritten since the last evaluation; store new violations.
+def evaluate_into_outbox(
+    conn: duckdb.DuckDBPyConnection, rules: RuleSet, fence: TopicFence | None = None
+) -> Evaluation:
+    """Evaluate the rules on the mart partitions rewritten since the last evaluation; store what changed.
 
     Changed = ``updated_at`` newer than the stored watermark; a different rules
     file re-evaluates everything. SPC re-judges each changed lot and the lots
-    whose Western Electric windows include it. Idempotent: the same facts give
-    the same event ids, which the outbox keeps once.
+    whose Western Electric windows include it. Every rule judged on a subject goes
+    through ``lifecycle``: new violations (a new episode after a clearance) and
+    THRESHOLD_CLEARED for subjects that stopped breaking a rule. Idempotent: the
+    same facts and history give the same event ids, which the outbox keeps once.
+
+    With ``fence``, nothing is evaluated (``deferred`` says why; the watermarks stay,
+    so a later run evaluates it all) until the topics are landed up to the fence:
+    a warehouse rebuilt from Kafka first lands the alerts the one before it published.
 
     Bounded: only the changed lots, their ``LOOKBACK`` scored neighbours on either
     side (the windows that judge them and that they are part of) and the frozen
@@ -164,33 +172,68 @@ def evaluate_into_outbox(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Eva
     """
     state_version = _state_version(rules)
     evaluation = Evaluation(rules_version=rules.version)
+    if fence is not None:
+        with transaction(conn):
+            evaluation.deferred = fence.before_evaluation(conn)
+        if evaluation.deferred:
+            log.warning("alerts not evaluated yet: %s", "; ".join(evaluation.deferred))
+            return evaluation
     with transaction(conn):
+        evaluation.found_on_topic = lifecycle.import_from_topic(conn, next_change_seq(conn))
         lot_since = _since(conn, "lots", state_version)
         day_since = _since(conn, "days", state_version)
         evaluation.full_reevaluation = lot_since is None and day_since is None
-        lots = _records(conn, "lots_to_evaluate", {"since": lot_since, "lookback": LOOKBACK})
+        lots = records(conn, "lots_to_evaluate", {"since": lot_since, "lookback": LOOKBACK})
         changed = [lot for lot in lots if lot["changed"]]
         evaluation.lots_read = len(lots)
         violations: list[Violation] = []
         for lot in changed:
             violations += evaluate_lot(rules, lot)
+        judged = lifecycle.lot_judgements(rules, changed)
         evaluation.lots_evaluated = len(changed)
         if rules.spc.enabled:
-            violations += _evaluate_spc(conn, rules, lots, {str(lot["lot_id"]) for lot in changed}, evaluation)
-        days = _records(conn, "days_to_evaluate", {"since": day_since})
+            spc_violations, spc_judged = _evaluate_spc(
+                conn, rules, lots, {str(lot["lot_id"]) for lot in changed}, evaluation
+            )
+            violations += spc_violations
+            judged += spc_judged
+        days = records(conn, "days_to_evaluate", {"since": day_since})
         violations += evaluate_day(rules, days)
+        judged += lifecycle.day_judgements(rules, days)
         evaluation.days_evaluated = len({row["event_date"] for row in days})
         evaluation.violations_found = len(violations)
-        evaluation.new_violations = _insert(conn, violations)
+        _store_transitions(conn, judged, violations, evaluation)
         _set_state(conn, "lots", max([lot["updated_at"] for lot in changed], default=lot_since), state_version)
         _set_state(conn, "days", max([row["updated_at"] for row in days], default=day_since), state_version)
     return evaluation
 
 
+def _store_transitions(
+    conn: duckdb.DuckDBPyConnection,
+    judged: list[lifecycle.Judgement],
+    violations: list[Violation],
+    evaluation: Evaluation,
+) -> None:
+    """Store the lifecycle's violations (with episodes) and clearances; the new ones go into ``evaluation``."""
+    episodes = lifecycle.latest_episodes(conn, [j.subject for j in judged] + [v.subject for v in violations])
+    raised, cleared = lifecycle.transitions(judged, violations, episodes, evaluation.rules_version)
+    now = dt.datetime.now(dt.UTC)
+    rows = lifecycle.outbox_rows(raised, cleared, now.replace(microsecond=now.microsecond // 1000 * 1000))
+    inserted = _insert(conn, rows)
+    events = iter(rows)
+    for violation, _episode in raised:
+        if next(events)["event_id"] in inserted:
+            evaluation.new_violations.append(violation)
+    evaluation.new_clearances = [c for c in cleared if next(events)["event_id"] in inserted]
+
+
 def _evaluate_spc(
     conn: duckdb.DuckDBPyConnection, rules: RuleSet, lots: list[dict], changed: set[str], evaluation: Evaluation
-) -> list[Violation]:
-    """SPC on ``lots`` (the changed lots and their neighbours): the changed ones and those whose windows hold them."""
+) -> tuple[list[Violation], list[lifecycle.Judgement]]:
+    """SPC on ``lots`` (the changed lots and their neighbours): the changed ones and those whose windows hold them.
+
+    Returns the violations and every (rule, lot) judged.
+    """
     if rules.spc.baseline is not None:
         baseline, tag = freeze_baseline([], rules.spc), "cfg"
     else:
@@ -198,11 +241,11 @@ def _evaluate_spc(
         if stored is None:
             frozen = _freeze_first_baseline(conn, rules)
             if frozen is None:
-                return []
+                return [], []
             stored = (_store_baseline(conn, frozen), frozen)
             evaluation.baseline_frozen_now = True
             # Nothing was judged before the limits existed: every lot is, now.
-            lots = _records(conn, "lots_to_evaluate", {"since": None, "lookback": LOOKBACK})
+            lots = records(conn, "lots_to_evaluate", {"since": None, "lookback": LOOKBACK})
             changed = {str(lot["lot_id"]) for lot in lots}
             evaluation.lots_read = len(lots)
         evaluation.baseline_id, baseline = stored
@@ -213,13 +256,14 @@ def _evaluate_spc(
     judge = lots_to_rejudge(points, changed)
     evaluation.spc_lots_judged = len(judge)
     if not judge:
-        return []
+        return [], []
     if baseline.values.u_sigma_z is None or baseline.values.p_sigma_z is None:
         # A stored baseline has no sigma_z: re-derived from the baseline's own lots, read by id.
-        own = _records(conn, "lots_by_id", {"lots": list(baseline.lot_ids)})
+        own = records(conn, "lots_by_id", {"lots": list(baseline.lot_ids)})
         evaluation.lots_read += len(own)
         baseline = baseline.with_dispersion([LotPoint.from_row(lot) for lot in own])
-    return evaluate_spc(points, baseline, rules.spc, f"{rules.version}+{tag}", judge)
+    violations = evaluate_spc(points, baseline, rules.spc, f"{rules.version}+{tag}", judge)
+    return violations, lifecycle.spc_judgements(points, judge, rules.spc, baseline)
 
 
 def _freeze_first_baseline(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> Baseline | None:
@@ -231,7 +275,7 @@ def _freeze_first_baseline(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> B
     """
     limit = 2 * rules.spc.baseline_lots
     while True:
-        first = _records(conn, "first_lots", {"limit": limit})
+        first = records(conn, "first_lots", {"limit": limit})
         frozen = _freeze(rules, first)
         if frozen is not None or len(first) < limit:
             return frozen
@@ -244,151 +288,22 @@ def _freeze(rules: RuleSet, lots: list[dict]) -> Baseline | None:
     return freeze_baseline(points, rules.spc, lambda p: p.lot_id in in_control)
 
 
-def _next_change_seq(conn: duckdb.DuckDBPyConnection) -> int:
+def next_change_seq(conn: duckdb.DuckDBPyConnection) -> int:
     """A new ``ops.change_seq`` value: stamped on the outbox rows a statement changes (the snapshot copies those)."""
     ((seq,),) = conn.execute("SELECT nextval('ops.change_seq')").fetchall()
     return int(seq)
 
 
-def _insert(conn: duckdb.DuckDBPyConnection, violations: Sequence[Violation]) -> list[Violation]:
-    if not violations:
-        return []
-    unique = {v.event_id: v for v in violations}
-    now = dt.datetime.now(dt.UTC).replace(microsecond=dt.datetime.now(dt.UTC).microsecond // 1000 * 1000)
-    frame = pd.DataFrame(
-        [
-            [
-                event_id, v.rule, v.rules_version, v.scope, v.lot_id, v.event_date, v.defect_type, v.alert_level,
-                v.threshold, v.observed_value, v.message, now,
-            ]
-            for event_id, v in unique.items()
-        ],
-        columns=OUTBOX_COLUMNS,
-    )  # fmt: skip
+def _insert(conn: duckdb.DuckDBPyConnection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Store outbox rows (``lifecycle.outbox_rows``); the event ids that were new."""
+    if not rows:
+        return set()
+    frame = pd.DataFrame(list({row["event_id"]: row for row in rows}.values()), columns=OUTBOX_COLUMNS)
     frame["event_date"] = pd.to_datetime(frame["event_date"]).dt.date
-    change_seq = _next_change_seq(conn)
-    conn.register("new_violations", frame)
+    frame["episode"] = frame["episode"].astype("int32")
+    change_seq = next_change_seq(conn)
+    conn.register("new_alerts", frame)
     try:
-        inserted = {row[0] for row in conn.execute(_sql("outbox_insert"), {"change_seq": change_seq}).fetchall()}
+        return {row[0] for row in conn.execute(_sql("outbox_insert"), {"change_seq": change_seq}).fetchall()}
     finally:
-        conn.unregister("new_violations")
-    return [v for event_id, v in unique.items() if event_id in inserted]
-
-
-# ------------------------------------------------------------------ publishing
-
-
-@dataclass
-class Publication:
-    """What one publish run did."""
-
-    sent: int = 0
-    acknowledged: int = 0
-    resent: int = 0
-    published: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _fault(point: str) -> None:
-    # Same switch as the ingest reader: the reliability tests kill the process here.
-    if os.environ.get(FAULT_ENV) == point:
-        log.error("fault injection: exiting hard at %s", point)
-        os._exit(137)
-
-
-def threshold_violated_event(row: dict[str, Any]) -> dict[str, Any]:
-    """The complete THRESHOLD_VIOLATED event of an outbox row (same row, same event)."""
-    lot_scope = row["scope"] == "LOT"
-    return builders.quality_event(
-        "THRESHOLD_VIOLATED",
-        event_id=row["event_id"],
-        event_time=row["detected_at"],
-        correlation_id=f"chipq-alert-{row['event_id']}",
-        scope=row["scope"],
-        inspection_id=None,
-        batch_id=row["lot_id"] if lot_scope else None,
-        event_date=None if lot_scope else row["event_date"],
-        defect_type=row["defect_type"],
-        rule=row["rule"],
-        threshold=float(row["threshold"]),
-        observed_value=float(row["observed_value"]),
-        quality_score=float(row["observed_value"]) if row["rule"] in SCORE_RULES else None,
-        pass_fail=False,
-        alert_level=row["alert_level"],
-        metadata={"rules_version": row["rules_version"], "message": row["message"], "source": "chipq-alerts"},
-    )
-
-
-def publish_outbox(
-    conn: duckdb.DuckDBPyConnection,
-    publish_batch: Callable[[list[dict[str, Any]]], list[DeliveryReport]],
-    *,
-    batch_size: int = PUBLISH_BATCH,
-) -> Publication:
-    """Send every unpublished outbox row; mark a row published only once Kafka acknowledged it.
-
-    ``publish_batch`` is ``SyncQualityEventProducer.publish_batch`` (blocking until
-    every event is acknowledged; ``PublishError`` when any is not). Unacknowledged
-    rows stay unpublished, so the next run sends them again under the same ids.
-    """
-    publication = Publication()
-    while True:
-        rows = _records(conn, "outbox_unpublished", {"limit": batch_size})
-        if not rows:
-            return publication
-        sending = pd.DataFrame({"event_id": [r["event_id"] for r in rows]})
-        change_seq = _next_change_seq(conn)
-        conn.register("sending", sending)
-        try:
-            conn.execute(_sql("outbox_count_attempt"), {"change_seq": change_seq})
-        finally:
-            conn.unregister("sending")
-        publication.sent += len(rows)
-        publication.resent += sum(1 for r in rows if r["publish_attempts"] > 0)
-        events = [threshold_violated_event(r) for r in rows]
-        # All or nothing per batch: on a PublishError nothing is marked, the run fails and the
-        # next run re-sends the batch with the same event ids (consumers dedupe the acknowledged ones).
-        reports = publish_batch(events)
-        _fault("alerts_after_send")
-        acked = list(zip(rows, reports, strict=True))
-        _mark(conn, acked)
-        publication.acknowledged += len(acked)
-        publication.published += [_published_row(row, report) for row, report in acked]
-
-
-def _mark(conn: duckdb.DuckDBPyConnection, acked: list[tuple[dict[str, Any], DeliveryReport]]) -> None:
-    if not acked:
-        return
-    now = dt.datetime.now(dt.UTC)
-    frame = pd.DataFrame(
-        {
-            "event_id": [row["event_id"] for row, _ in acked],
-            "published_at": [now] * len(acked),
-            "kafka_partition": [report.partition for _, report in acked],
-            "kafka_offset": [report.offset for _, report in acked],
-        }
-    )
-    change_seq = _next_change_seq(conn)
-    conn.register("acked", frame)
-    try:
-        conn.execute(_sql("outbox_mark_published"), {"change_seq": change_seq})
-    finally:
-        conn.unregister("acked")
-
-
-def _published_row(row: dict[str, Any], report: DeliveryReport) -> dict[str, Any]:
-    subject = (
-        row["lot_id"]
-        if row["scope"] == "LOT"
-        else f"{row['event_date']}" + (f" / {row['defect_type']}" if row["defect_type"] else "")
-    )
-    return {
-        "rule": row["rule"],
-        "level": row["alert_level"],
-        "scope": row["scope"],
-        "subject": subject,
-        "observed": row["observed_value"],
-        "limit": row["threshold"],
-        "event_id": row["event_id"],
-        "partition": report.partition,
-        "offset": report.offset,
-    }
+        conn.unregister("new_alerts")

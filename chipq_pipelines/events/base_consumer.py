@@ -26,7 +26,7 @@ from typing import Any, Self, cast
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.context import log_event
+from chipq_pipelines.events.context import log_event, redact_urls
 from chipq_pipelines.events.delivery import DeliveryReport, ProducerCore, ensure_topic, future_callback
 from chipq_pipelines.events.errors import ConsumerError, DeserializationError, NotStartedError
 from chipq_pipelines.events.schemas import SchemaRef
@@ -289,12 +289,19 @@ class BaseEventConsumer:
                     attempt += 1
                     if attempt > max_retries:
                         self._counts["messages_failed"] += 1
-                        reason = f"handler failed after {attempt} attempt(s): {type(exc).__name__}: {exc}"
+                        # No secret (a webhook URL in an httpx error) goes to the DLQ headers or the logs.
+                        reason = redact_urls(f"handler failed after {attempt} attempt(s): {type(exc).__name__}: {exc}")
                         await self._dead_letter(message, reason)
                         break
                     self._counts["messages_retried"] += 1
                     backoff = min(self._retry_backoff_s * 2 ** (attempt - 1), self._max_retry_backoff_s)
-                    log_event(logger, logging.WARNING, "handler failed, retrying", attempt=attempt, error=repr(exc))
+                    log_event(
+                        logger,
+                        logging.WARNING,
+                        "handler failed, retrying",
+                        attempt=attempt,
+                        error=redact_urls(repr(exc)),
+                    )
                     await asyncio.sleep(backoff)
         finally:
             self._current = None

@@ -17,7 +17,10 @@ from chipq_pipelines.events.context import current_correlation_id
 from chipq_pipelines.events.errors import EventValidationError
 
 INSPECTION_EVENT_TYPES = ("INSPECTION_CREATED", "INSPECTION_COMPLETED")
-QUALITY_EVENT_TYPES = ("QUALITY_ASSESSED", "THRESHOLD_VIOLATED")
+#: THRESHOLD_CLEARED came with quality schema v3: v1/v2 readers cannot read it (docs/alerts.md).
+QUALITY_EVENT_TYPES = ("QUALITY_ASSESSED", "THRESHOLD_VIOLATED", "THRESHOLD_CLEARED")
+#: The event types of a threshold alert's lifecycle: raised, then (maybe) cleared.
+ALERT_EVENT_TYPES = ("THRESHOLD_VIOLATED", "THRESHOLD_CLEARED")
 
 _INSPECTION_DEFAULTS: dict[str, Any] = {
     "wafer_id": None,
@@ -169,6 +172,53 @@ def quality_event(event_type: str, **fields: Any) -> dict[str, Any]:
         except ValueError:
             raise EventValidationError("event_date", "is required as YYYY-MM-DD for scope DAY") from None
     return complete_quality_event({"event_type": event_type, **fields})
+
+
+def threshold_cleared_event(
+    inspection_id: str | None = None,
+    batch_id: str | None = None,
+    *,
+    rule: str,
+    threshold: float | None = None,
+    observed_value: float | None = None,
+    alert_level: str | None = None,
+    scope: str | None = None,
+    event_date: str | date | None = None,
+    defect_type: str | None = None,
+    chip_id: str | None = None,
+    quality_score: float | None = None,
+    metadata: Mapping[str, str] | None = None,
+    event_id: str | uuid.UUID | None = None,
+    event_time: datetime | None = None,
+    correlation_id: str | None = None,
+) -> dict[str, Any]:
+    """A complete THRESHOLD_CLEARED event (quality schema v3): ``rule`` no longer breaks on this subject.
+
+    The subject (inspection, lot or day and defect type) and ``rule`` are those of the
+    THRESHOLD_VIOLATED it ends; ``alert_level`` is the highest level that was raised,
+    ``observed_value`` the value now back within ``threshold``.
+    """
+    if not rule:
+        raise EventValidationError("rule", "is required: a clearance ends the violation of one rule")
+    return quality_event(
+        "THRESHOLD_CLEARED",
+        inspection_id=inspection_id,
+        batch_id=batch_id,
+        chip_id=chip_id,
+        scope=scope,
+        event_date=event_date,
+        defect_type=defect_type,
+        rule=rule,
+        threshold=threshold,
+        observed_value=observed_value,
+        quality_score=quality_score,
+        pass_fail=True,
+        alert_level=alert_level,
+        metadata=metadata,
+        event_id=event_id,
+        event_time=event_time,
+        correlation_id=correlation_id,
+    )
 
 
 def quality_key(event: Mapping[str, Any]) -> str:

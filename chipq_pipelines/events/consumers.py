@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chipq_pipelines.events.base_consumer import AsyncConsumerHandle, BaseEventConsumer, ConsumedRecord, Handler
+from chipq_pipelines.events.builders import ALERT_EVENT_TYPES
 from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.events.notified import RETENTION_MS, NotifiedLog
 from chipq_pipelines.events.notifiers import Notifier, notifier_from_env
 from chipq_pipelines.events.schemas import INSPECTION, QUALITY, load_schema
 from chipq_pipelines.events.topics import INSPECTION_TOPIC, QUALITY_TOPIC
@@ -58,6 +61,7 @@ class LotStatistics:
     quality_assessed: int = 0
     quality_passed: int = 0
     threshold_violations: int = 0
+    threshold_clearances: int = 0
     last_event_time: datetime | None = None
 
     @property
@@ -76,6 +80,7 @@ class LotStatistics:
             "quality_assessed": self.quality_assessed,
             "quality_passed": self.quality_passed,
             "threshold_violations": self.threshold_violations,
+            "threshold_clearances": self.threshold_clearances,
             "last_event_time": self.last_event_time,
         }
 
@@ -126,6 +131,8 @@ class AnalyticsConsumer(BaseEventConsumer):
             lot.quality_passed += bool(event.get("pass_fail"))
         elif event_type == "THRESHOLD_VIOLATED":
             lot.threshold_violations += 1
+        elif event_type == "THRESHOLD_CLEARED":
+            lot.threshold_clearances += 1
         event_time = event.get("event_time")
         if isinstance(event_time, datetime) and (lot.last_event_time is None or event_time > lot.last_event_time):
             lot.last_event_time = event_time
@@ -141,34 +148,66 @@ class AnalyticsConsumer(BaseEventConsumer):
 
 
 class NotificationConsumer(BaseEventConsumer):
-    """Hands each THRESHOLD_VIOLATED event to a notifier, once per event_id."""
+    """Hands each THRESHOLD_VIOLATED and THRESHOLD_CLEARED event to a notifier, once per event_id.
+
+    Once across restarts and across the replicas of one group: the notified ids are
+    kept in the compacted topic ``<group_id>.notified`` (``events.notified``), loaded
+    at ``start()``, read again before each decision and written after each notification,
+    before the record's offset is committed. What stays at least once (a crash between
+    notifying and writing the id) reaches the notifier with the same ``event_id``.
+    """
 
     def __init__(
         self,
         config: KafkaConfig | None = None,
         notifier: Notifier | None = None,
         group_id: str = NOTIFICATIONS_GROUP,
+        *,
+        notified_retention_ms: int = RETENTION_MS,
         **options: Any,
     ) -> None:
         super().__init__(
             topics=[QUALITY_TOPIC], group_id=group_id, schema=load_schema(QUALITY), config=config, **options
         )
         self.notifier = notifier or notifier_from_env()
+        self.notified = NotifiedLog(self.config, group_id, retention_ms=notified_retention_ms)
         self._seen = _SeenIds()
+        self._started_log = False
         self.notifications_sent = 0
         self.duplicates_skipped = 0
 
+    async def start(self) -> None:
+        """Load the ids this group notified (creating ``<group>.notified`` if missing), then join the group."""
+        if not self._started_log:
+            await asyncio.to_thread(self.notified.start)
+            self._started_log = True
+        await super().start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        await super().stop(timeout)
+        if self._started_log:
+            await asyncio.to_thread(self.notified.stop)
+            self._started_log = False
+
     async def process_event(self, event_data: dict[str, Any], record: ConsumedRecord) -> None:
-        """Notify about a threshold violation unless this event_id was already notified."""
-        if event_data["event_type"] != "THRESHOLD_VIOLATED":
+        """Notify about a threshold alert unless this group already notified its event_id."""
+        if event_data["event_type"] not in ALERT_EVENT_TYPES:
             return
         event_id = event_data["event_id"]
-        if event_id in self._seen:
+        if self._started_log:
+            self.notified.refresh()  # what the group's other replicas notified meanwhile
+        if event_id in self.notified:
             self.duplicates_skipped += 1
             return
-        await self.notifier.notify(event_data)  # a failure is retried, then dead-lettered
-        self._seen.add(event_id)
-        self.notifications_sent += 1
+        if event_id not in self._seen:  # seen but not recorded: an earlier write failed, retry only the write
+            await self.notifier.notify(event_data)  # a failure is retried, then dead-lettered
+            self._seen.add(event_id)
+            self.notifications_sent += 1
+        elif not self._started_log:
+            self.duplicates_skipped += 1
+            return
+        if self._started_log:
+            await asyncio.to_thread(self.notified.record, event_id)
 
     def get_metrics(self) -> dict[str, Any]:
         metrics = super().get_metrics()

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
+
+#: A URL's scheme and host, then what follows (path, query, fragment), and user info before the host.
+_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/\s@'\"]*@)?(?P<host>[^/\s?#'\"]+)[^\s'\"]*")
 
 correlation_id_var: ContextVar[str | None] = ContextVar("chipq_correlation_id", default=None)
 
@@ -39,3 +43,11 @@ def log_event(logger: logging.Logger, level: int, message: str, **fields: Any) -
         return
     text = " ".join(f"{key}={value}" for key, value in fields.items() if value is not None)
     logger.log(level, "%s %s", message, text, extra={"event_fields": fields})
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with every URL cut to ``scheme://host``: webhook URLs carry their secret in the path or query.
+
+    Applied to exception texts before they reach a log line or a dead-letter header, whatever raised them.
+    """
+    return _URL.sub(lambda m: f"{m['scheme']}{m['host']}", text)

@@ -433,10 +433,53 @@ class _QualityMethods(Generic[R]):
             )
         )
 
+    def publish_threshold_cleared(
+        self,
+        inspection_id: str | None = None,
+        batch_id: str | None = None,
+        *,
+        rule: str,
+        threshold: float | None = None,
+        observed_value: float | None = None,
+        alert_level: str | None = None,
+        scope: str | None = None,
+        event_date: str | date | None = None,
+        defect_type: str | None = None,
+        chip_id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        event_id: str | uuid.UUID | None = None,
+        event_time: datetime | None = None,
+        correlation_id: str | None = None,
+    ) -> R:
+        """Publish THRESHOLD_CLEARED (quality schema v3): ``rule`` stopped breaking on this subject.
+
+        Same subject fields as the ``publish_threshold_violated`` it ends. Readers still on
+        quality schema v1/v2 cannot read it (docs/alerts.md). Pass a deterministic ``event_id``
+        to make re-publishing idempotent for consumers.
+        """
+        return self._publish(
+            builders.threshold_cleared_event(
+                inspection_id=inspection_id,
+                batch_id=batch_id,
+                rule=rule,
+                threshold=threshold,
+                observed_value=observed_value,
+                alert_level=alert_level,
+                scope=scope,
+                event_date=event_date,
+                defect_type=defect_type,
+                chip_id=chip_id,
+                metadata=metadata,
+                event_id=event_id,
+                event_time=event_time,
+                correlation_id=correlation_id,
+            )
+        )
+
 
 class QualityEventProducer(_AsyncProducer, _QualityMethods[Awaitable[DeliveryReport]]):
     """Async producer of QualityEvents on ``chip-quality.quality.events``."""
 
 
 class SyncQualityEventProducer(_SyncProducer, _QualityMethods[DeliveryReport]):
-    """Blocking twin of ``QualityEventProducer`` (Dagster ops publish THRESHOLD_VIOLATED with it)."""
+    """Blocking twin of ``QualityEventProducer`` (Dagster ops publish THRESHOLD_VIOLATED/CLEARED with it)."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
+from fastavro.read import SchemaResolutionError
 
 from chipq_pipelines.events.config import ENV_VARS, KafkaConfig
 from chipq_pipelines.events.errors import (
@@ -261,6 +262,11 @@ class AvroSerializer:
         buffer.seek(start)
         try:
             event = schemaless_reader(buffer, plan.writer, plan.reader)
+        except SchemaResolutionError as exc:
+            # e.g. a v3 THRESHOLD_CLEARED read with the v1/v2 schema: that enum has no such symbol and no default.
+            raise DeserializationError(
+                f"{plan.ref.label} record cannot be read with this reader's schema: {exc}", raw
+            ) from None
         except Exception as exc:
             raise DeserializationError(f"truncated or corrupt {plan.ref.label} payload: {exc!r}", raw) from None
         if buffer.tell() != len(raw):

@@ -44,7 +44,13 @@ class Violation:
         return self.event_date.isoformat() + (f"/{self.defect_type}" if self.defect_type else "")
 
     @property
+    def subject(self) -> tuple[str, str, str | None, dt.date | None, str | None]:
+        """(rule, scope, lot_id, event_date, defect_type): what an alert episode is about."""
+        return (self.rule, self.scope, self.lot_id, self.event_date, self.defect_type)
+
+    @property
     def event_id(self) -> str:
+        """The id in the first episode (``violation_event_id`` for later ones)."""
         return violation_event_id(
             self.rule, self.alert_level, self.scope, self.lot_id, self.event_date, self.defect_type, self.rules_version
         )
@@ -58,14 +64,29 @@ def violation_event_id(
     event_date: dt.date | None,
     defect_type: str | None,
     rules_version: str,
+    episode: int = 1,
 ) -> str:
     """Deterministic THRESHOLD_VIOLATED event id of a violation.
 
     The level is part of the identity: a lot that worsens from WARNING to CRITICAL
-    raises a second, CRITICAL alert; the same level again raises nothing.
+    raises a second, CRITICAL alert; the same level again raises nothing. So is the
+    episode (1, 2, ... per rule and subject, see ``alerts.lifecycle``): breaking a rule
+    again after a THRESHOLD_CLEARED is a new violation. Episode 1 keeps the id chipq
+    gave before episodes existed, so the ids already on the topic stay valid.
     """
     day = event_date.isoformat() if event_date else None
-    name = json.dumps([rule, alert_level, scope, lot_id, day, defect_type, rules_version])
+    parts: list[object] = [rule, alert_level, scope, lot_id, day, defect_type, rules_version]
+    if episode != 1:
+        parts.append(episode)
+    return str(uuid.uuid5(ALERT_NAMESPACE, json.dumps(parts)))
+
+
+def clearance_event_id(
+    rule: str, scope: str, lot_id: str | None, event_date: dt.date | None, defect_type: str | None, episode: int
+) -> str:
+    """Deterministic THRESHOLD_CLEARED event id: one per rule, subject and episode (whatever the level or rules)."""
+    day = event_date.isoformat() if event_date else None
+    name = json.dumps(["THRESHOLD_CLEARED", rule, scope, lot_id, day, defect_type, episode])
     return str(uuid.uuid5(ALERT_NAMESPACE, name))
 
 

@@ -49,6 +49,9 @@ _ADDED_COLUMNS = (
     ("ops.rejected_events", "landing_seq", "BIGINT", None),
     ("ops.alert_outbox", "change_seq", "BIGINT", None),
     ("ops.canaries", "change_seq", "BIGINT", None),
+    ("ops.alert_outbox", "event_type", "VARCHAR NOT NULL DEFAULT 'THRESHOLD_VIOLATED'", None),
+    ("ops.alert_outbox", "episode", "INTEGER NOT NULL DEFAULT 1", None),
+    ("ops.alert_state", "landing_seq", "BIGINT", None),
 )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from chipq_pipelines.warehouse.types import Event, KafkaCoordinates, RejectedRecord, ValidationBounds
 
 INSPECTION_EVENT_TYPES = frozenset({"INSPECTION_CREATED", "INSPECTION_COMPLETED"})
-QUALITY_EVENT_TYPES = frozenset({"QUALITY_ASSESSED", "THRESHOLD_VIOLATED"})
+QUALITY_EVENT_TYPES = frozenset({"QUALITY_ASSESSED", "THRESHOLD_VIOLATED", "THRESHOLD_CLEARED"})
 QUALITY_SCOPES = frozenset({"INSPECTION", "LOT", "DAY"})
 SEVERITIES = frozenset({"LOW", "MEDIUM", "HIGH", "CRITICAL"})
 ALERT_LEVELS = frozenset({"WARNING", "CRITICAL"})

@@ -10,7 +10,6 @@ UCL(20 chips) = 7 defects (0.35), UCL(100) = 21 (0.21), p-chart UCL(20) = 5 fail
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import os
 import subprocess
@@ -25,7 +24,6 @@ from confluent_kafka import Consumer, TopicPartition
 from chipq_pipelines.alerts.listing import recent_alerts
 from chipq_pipelines.definitions import build_defs
 from chipq_pipelines.defs.partitions import lot_partition_key
-from chipq_pipelines.events.consumers import NotificationConsumer
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.events.serialization import latest_reader_decoder
 from chipq_pipelines.rules.loader import shipped_rules_text
@@ -164,8 +162,8 @@ def _publish(env, events: list[dict[str, Any]]) -> None:
         producer.publish_batch(events, key_fn=lambda e: e["inspection_id"])
 
 
-def _violations_on_topic(env) -> list[dict[str, Any]]:
-    """Every THRESHOLD_VIOLATED event on the test's quality topic, in offset order per partition."""
+def _violations_on_topic(env, event_types: tuple[str, ...] = ("THRESHOLD_VIOLATED",)) -> list[dict[str, Any]]:
+    """Every event of ``event_types`` on the test's quality topic, in offset order per partition."""
     consumer = Consumer(
         env.kafka_config.librdkafka_config(
             **{"group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
@@ -185,7 +183,7 @@ def _violations_on_topic(env) -> list[dict[str, Any]]:
             assert message is not None, f"quality topic stopped short of its watermarks {ends}"
             assert message.error() is None, message.error()
             event, _ = decoder.decode(message.value())
-            if event["event_type"] == "THRESHOLD_VIOLATED":
+            if event["event_type"] in event_types:
                 events.append(event)
             if message.offset() + 1 >= ends[message.partition()]:
                 remaining.discard(message.partition())
@@ -236,13 +234,16 @@ def test_each_shipped_rule_fires_exactly_where_built_and_rerunning_adds_nothing(
     assert int(outbox["attempts"][0]) == 1
 
 
-def test_a_second_pipeline_from_scratch_publishes_the_same_event_ids(alerts_env, tmp_path: Path, monkeypatch) -> None:
+def test_a_second_pipeline_from_scratch_derives_the_same_ids_and_publishes_none_again(
+    alerts_env, tmp_path: Path, monkeypatch
+) -> None:
     fab, expected = _build(f"ALT-{uuid.uuid4().hex[:6]}")
     _publish(alerts_env, fab.events)
     _catch_up()
     first = {e["event_id"] for e in _violations_on_topic(alerts_env)}
 
-    # A whole new warehouse and Dagster instance over the same topics: same facts, same ids.
+    # A whole new warehouse and Dagster instance over the same topics: it lands the alerts the first
+    # one published, derives the same ids (the SPC baseline keeps its number) and sends none again.
     second_home = tmp_path / "second"
     second_home.mkdir()
     monkeypatch.setenv("CHIPQ_HOME", str(second_home))
@@ -250,12 +251,16 @@ def test_a_second_pipeline_from_scratch_publishes_the_same_event_ids(alerts_env,
     monkeypatch.setenv("CHIPQ_PIPELINE_GROUP", f"second-{uuid.uuid4().hex[:8]}")
     _catch_up()
     events = _violations_on_topic(alerts_env)
-    assert {e["event_id"] for e in events} == first
-    assert {_identity(e) for e in events} == expected
-    assert len(events) == 2 * len(expected)
+    assert len(events) == len(first) == len(expected), "no violation published twice"
+    listed = query_snapshot(
+        second_home / "analytics.duckdb",
+        "SELECT event_id, published, publish_attempts FROM ops.alerts JOIN ops.alert_outbox USING (event_id)",
+    )
+    assert set(listed["event_id"]) == first, "the second warehouse derived the same event ids"
+    assert listed["published"].all() and (listed["publish_attempts"] == 0).all(), "found on the topic, not sent"
 
 
-def test_a_crash_between_send_and_mark_resends_the_same_event_ids(alerts_env) -> None:
+def test_a_crash_between_send_and_mark_sends_nothing_again(alerts_env) -> None:
     fab, expected = _build(f"ALC-{uuid.uuid4().hex[:6]}")
     _publish(alerts_env, fab.events)
     crashed = subprocess.run(
@@ -273,26 +278,117 @@ def test_a_crash_between_send_and_mark_resends_the_same_event_ids(alerts_env) ->
     sent_once = _violations_on_topic(alerts_env)
     assert {_identity(e) for e in sent_once} == expected, "the crashed run had sent everything"
 
+    # The next run lands the quality topic, finds the events there and marks their rows: none is sent again.
     _catch_up()
     events = _violations_on_topic(alerts_env)
-    assert len(events) == 2 * len(expected), "every unmarked event was sent again"
+    assert len(events) == len(expected), "nothing sent twice"
     assert {e["event_id"] for e in events} == {e["event_id"] for e in sent_once}
-    assert {_identity(e) for e in events} == expected
-
-    # Consumers dedupe by event id: one notification per violation.
-    notified: list[str] = []
-
-    class Recorder:
-        async def notify(self, event: dict[str, Any]) -> None:
-            notified.append(event["event_id"])
-
-    consumer = NotificationConsumer(alerts_env.kafka_config, notifier=Recorder())
-    for event in events:
-        asyncio.run(consumer.process_event(event, None))  # type: ignore[arg-type]
-    assert sorted(notified) == sorted({e["event_id"] for e in events})
-    assert consumer.duplicates_skipped == len(expected)
-
-    attempts = query_snapshot(
-        alerts_env.snapshot, "SELECT min(publish_attempts) AS lo, count(*) AS n FROM ops.alert_outbox"
+    outbox = query_snapshot(
+        alerts_env.snapshot,
+        "SELECT min(publish_attempts) AS lo, max(publish_attempts) AS hi, count(*) AS n, "
+        "count(*) FILTER (WHERE published_at IS NULL) AS unpublished FROM ops.alert_outbox",
     )
-    assert int(attempts["lo"][0]) == 2 and int(attempts["n"][0]) == len(expected)
+    assert int(outbox["lo"][0]) == int(outbox["hi"][0]) == 1 and int(outbox["n"][0]) == len(expected)
+    assert int(outbox["unpublished"][0]) == 0
+
+
+ALERT_TYPES = ("THRESHOLD_VIOLATED", "THRESHOLD_CLEARED")
+
+
+def _rebuild_from_kafka(env) -> CatchUpReport:
+    """What the README offers: delete the warehouse file (and the analysts' view), catch up again."""
+    env.warehouse.unlink()
+    env.snapshot.unlink(missing_ok=True)
+    return _catch_up()
+
+
+def _count_per_event_id(events: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event["event_id"]] = counts.get(event["event_id"], 0) + 1
+    return counts
+
+
+def test_a_rebuild_from_kafka_publishes_no_alert_id_twice(pipeline_env) -> None:
+    """Shipped rules with the SPC baseline computed (so SPC ids carry its number, 1+b1): delete, catch up."""
+    fab, _expected = _build(f"ALR-{uuid.uuid4().hex[:6]}")
+    _publish(pipeline_env, fab.events)
+    _catch_up()
+    before = _violations_on_topic(pipeline_env, ALERT_TYPES)
+    assert any("+b1" in e["metadata"]["rules_version"] for e in before), "SPC alerts against the computed baseline"
+
+    report = _rebuild_from_kafka(pipeline_env)
+    assert report.events_inserted >= len(fab.events), "the warehouse was rebuilt from the topics"
+    after = _violations_on_topic(pipeline_env, ALERT_TYPES)
+    assert max(_count_per_event_id(after).values()) == 1, "an alert was published twice"
+    assert len(after) == len(before)
+    rebuilt = query_snapshot(pipeline_env.snapshot, "SELECT event_id, publish_attempts FROM ops.alert_outbox")
+    assert set(rebuilt["event_id"]) == {e["event_id"] for e in before}, "the rebuild derived the same ids"
+    assert (rebuilt["publish_attempts"] == 0).all()
+
+
+def _rework(fab: Fab, lot_id: str, chips: range, score: float) -> list[dict[str, Any]]:
+    """The inspections of ``chips`` of ``lot_id`` completed again (same inspection ids) with ``score``."""
+    fab.clock += dt.timedelta(minutes=30)
+    return [
+        {
+            **e,
+            "event_id": str(uuid.uuid4()),
+            "event_time": fab.clock + dt.timedelta(seconds=index),
+            "quality_score": score,
+        }
+        for index, e in enumerate(fab.events)
+        if e["batch_id"] == lot_id and int(e["inspection_id"].rsplit("/I", 1)[1]) in chips
+    ]
+
+
+def test_rework_clears_a_violation_once_and_breaking_again_raises_a_new_one(alerts_env) -> None:
+    fab = Fab(f"ALW-{uuid.uuid4().hex[:6]}", dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2))
+    fab.fillers(3)
+    lot = fab.lot("PASSW", [1.0] * 17 + [0.8] * 3)  # pass rate 0.85: lot_pass_rate WARNING, nothing else
+    fab.fillers()
+    _publish(alerts_env, fab.events)
+    _catch_up()
+    (violated,) = _violations_on_topic(alerts_env, ALERT_TYPES)
+    assert (violated["event_type"], violated["rule"], violated["batch_id"]) == (
+        "THRESHOLD_VIOLATED",
+        "lot_pass_rate",
+        lot,
+    )
+    assert violated["metadata"]["episode"] == "1"
+
+    # Rework: the three failing inspections complete again, good. One clearance; re-runs and the same
+    # good results re-sent add none.
+    good = _rework(fab, lot, range(17, 20), 1.0)
+    _publish(alerts_env, good)
+    _catch_up()
+    _catch_up()
+    _publish(alerts_env, [{**e, "event_id": str(uuid.uuid4())} for e in good])
+    _catch_up()
+    events = _violations_on_topic(alerts_env, ALERT_TYPES)
+    assert [e["event_type"] for e in events] == ["THRESHOLD_VIOLATED", "THRESHOLD_CLEARED"]
+    cleared = events[1]
+    assert (cleared["rule"], cleared["scope"], cleared["batch_id"]) == ("lot_pass_rate", "LOT", lot)
+    assert cleared["alert_level"] == "WARNING" and cleared["observed_value"] == 1.0 and cleared["pass_fail"] is True
+    assert cleared["metadata"]["episode"] == "1"
+
+    # Broken again: a new violation with a new id (episode 2).
+    _publish(alerts_env, _rework(fab, lot, range(17, 20), 0.8))
+    _catch_up()
+    _catch_up()
+    events = _violations_on_topic(alerts_env, ALERT_TYPES)
+    assert [e["event_type"] for e in events] == ["THRESHOLD_VIOLATED", "THRESHOLD_CLEARED", "THRESHOLD_VIOLATED"]
+    again = events[2]
+    assert again["event_id"] != violated["event_id"] and again["metadata"]["episode"] == "2"
+    assert (again["rule"], again["batch_id"], again["alert_level"]) == ("lot_pass_rate", lot, "WARNING")
+
+    # `chipq alerts` shows both episodes: the first cleared, the second open.
+    listed = recent_alerts(alerts_env.snapshot, limit=10)
+    states = dict(zip(listed["detected_at"].rank().astype(int), listed["state"], strict=True))
+    assert states == {1: "cleared", 2: "open"} and listed["published"].all()
+
+    # A rebuild from Kafka derives the same episodes: nothing published again.
+    _rebuild_from_kafka(alerts_env)
+    assert _violations_on_topic(alerts_env, ALERT_TYPES) == events
+    rebuilt = recent_alerts(alerts_env.snapshot, limit=10)
+    assert sorted(rebuilt["state"]) == ["cleared", "open"]

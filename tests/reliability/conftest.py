@@ -152,6 +152,10 @@ def sub_rows(request: pytest.FixtureRequest) -> Iterator[Callable[[str, str], Ro
         _finish(entry, request, started)
 
 
+#: Kept in the generated file: cases measured by tests/e2e/test_alerts.py and test_events_processor.py.
+ALERT_SECTION = Path(__file__).with_name("alert_cases.md").read_text(encoding="utf-8").splitlines()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _write_report() -> Iterator[None]:
     yield
@@ -206,8 +210,8 @@ def write_report(rows: list[Row], total_s: float) -> Path:
             "; ".join(r.notes),
         ]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", *ALERT_SECTION, ""]
     lines += [
-        "",
         "## Method",
         "",
         "- **Sent** is what Kafka acknowledged to the test's producer (valid events plus any raw bad records); "

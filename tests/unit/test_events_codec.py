@@ -76,7 +76,7 @@ def crc64_avro(data: bytes) -> int:
 
 def test_every_schema_file_is_known_by_name_version_and_fingerprint() -> None:
     refs = {(s.ref.name, s.ref.version) for s in default_catalog()}
-    assert refs == {("inspection", 1), ("inspection", 2), ("quality", 1), ("quality", 2)}
+    assert refs == {("inspection", 1), ("inspection", 2), ("quality", 1), ("quality", 2), ("quality", 3)}
     assert len({s.fingerprint for s in default_catalog()}) == len(list(SCHEMAS_DIR.glob("*.avsc")))
 
 
@@ -140,6 +140,31 @@ def test_v1_data_reads_as_v2_and_v2_data_reads_as_v1(name: str, new_field: str) 
     assert as_v1 == base and writer.version == 2
     latest, writer = decode_event(old_data, PLAIN)
     assert latest[new_field] is None and writer.label == f"{name}.v1"
+
+
+@pytest.mark.parametrize("config_factory", [lambda: PLAIN, registry_config], ids=["single-object", "confluent"])
+def test_older_quality_readers_read_v3_violations_but_cannot_read_a_clearance(config_factory: Any) -> None:
+    """v3 adds THRESHOLD_CLEARED to the event_type enum, which has no default: a v1 or v2 reader reads every
+    v3 event except a clearance, which fails with a DeserializationError naming the symbol (a consumer
+    dead-letters it and goes on). The latest reader reads all of them."""
+    config = config_factory()
+    v3 = AvroSerializer(load_schema("quality", 3), config=config)
+    violated = quality(model_version="rules-2")
+    cleared = builders.threshold_cleared_event(
+        batch_id="LOT-1", rule="defect_rate", threshold=0.05, observed_value=0.01, alert_level="CRITICAL"
+    )
+    raw_violated, raw_cleared = v3.serialize(violated, topic="q"), v3.serialize(cleared, topic="q")
+    for version in (1, 2):
+        older = AvroSerializer(load_schema("quality", version), config=config)
+        as_older, writer = older.decode(raw_violated)
+        assert as_older["event_type"] == "THRESHOLD_VIOLATED" and writer.label == "quality.v3"
+        assert as_older.get("model_version") == ("rules-2" if version == 2 else None)
+        with pytest.raises(DeserializationError, match="THRESHOLD_CLEARED") as failure:
+            older.decode(raw_cleared)
+        assert failure.value.raw == raw_cleared and "cannot be read with this reader's schema" in failure.value.reason
+    latest, writer = decode_event(raw_cleared, config)
+    assert latest == {**cleared, "model_version": None} and writer.label == "quality.v3"
+    assert latest["event_type"] == "THRESHOLD_CLEARED" and latest["pass_fail"] is True
 
 
 def _poison(kind: str, good: bytes) -> bytes:

@@ -1,9 +1,11 @@
-"""Alert assets: evaluate the rules into ``ops.alert_outbox``, then publish it to Kafka."""
+"""Alert assets: evaluate the rules into ``ops.alert_outbox`` (violations and clearances), then publish it."""
 
 import dagster as dg
 import pandas as pd
 
-from chipq_pipelines.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox, publish_outbox
+from chipq_pipelines.alerts.fence import TopicFence
+from chipq_pipelines.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox
+from chipq_pipelines.alerts.publish import publish_outbox
 from chipq_pipelines.checks.quality import mart_quality_problems
 from chipq_pipelines.defs.ingest.assets import raw_inspection_events
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
@@ -15,7 +17,19 @@ from chipq_pipelines.rules.loader import load_rules
 PREVIEW_ROWS = 50
 
 
+def _fence(kafka: KafkaResource) -> TopicFence:
+    return TopicFence.for_kafka(kafka.config(), kafka.inspection_topic, kafka.quality_topic)
+
+
+def _deferred_markdown(deferred: list[str]) -> str:
+    return "Waiting for landing to reach the alert fence (ops.alert_fence):\n\n" + "\n".join(
+        f"- {gap}" for gap in deferred
+    )
+
+
 def _violations_markdown(evaluation: Evaluation) -> str:
+    if evaluation.deferred:
+        return _deferred_markdown(evaluation.deferred)
     if not evaluation.new_violations:
         return "No new violations."
     rows = [
@@ -45,11 +59,16 @@ def _violations_markdown(evaluation: Evaluation) -> str:
         "Threshold violations (`ops.alert_outbox`, for analysts `ops.alerts`): the rules in "
         "`chipq_pipelines/rules/rules.yaml` (or `$CHIPQ_RULES`) evaluated on the lots and days rewritten "
         "since the last evaluation, plus SPC (Western Electric, u- and p-charts) against a frozen baseline. "
-        "Each violation has a deterministic event id, so re-evaluation never alerts twice."
+        "Each violation has a deterministic event id, so re-evaluation never alerts twice; a lot or day that "
+        "stops breaking a rule gets one THRESHOLD_CLEARED, and breaking it again opens a new episode (new id). "
+        "A new warehouse waits until the topics are landed up to the fence taken at its first run, so that a "
+        "rebuild from Kafka knows the alerts already published."
     ),
 )
-def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Evaluate the rules on changed mart partitions and store new violations in the outbox."""
+def alert_outbox(
+    context: dg.AssetExecutionContext, warehouse: WarehouseResource, kafka: KafkaResource
+) -> dg.MaterializeResult:
+    """Evaluate the rules on changed mart partitions; store new violations and clearances in the outbox."""
     rules = load_rules()
     with warehouse.connect() as conn:
         # Never alert from data that fails the marts' blocking data-quality checks. Those checks run in the
@@ -64,17 +83,23 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
                 metadata={"problems": dg.MetadataValue.json(problems)},
                 allow_retries=False,  # the data, not a transient fault: retrying cannot help
             )
-        evaluation = evaluate_into_outbox(conn, rules)
+        evaluation = evaluate_into_outbox(conn, rules, _fence(kafka))
+    if evaluation.deferred:
+        context.log.warning(f"alerts not evaluated yet: {'; '.join(evaluation.deferred)}")
     by_rule: dict[str, int] = {}
     for violation in evaluation.new_violations:
         by_rule[violation.rule] = by_rule.get(violation.rule, 0) + 1
     context.log.info(
-        f"{len(evaluation.new_violations)} new violations ({evaluation.violations_found} found) over "
+        f"{len(evaluation.new_violations)} new violations ({evaluation.violations_found} found), "
+        f"{len(evaluation.new_clearances)} clearances over "
         f"{evaluation.lots_evaluated} lots and {evaluation.days_evaluated} days; SPC {evaluation.baseline_status}"
     )
     return dg.MaterializeResult(
         metadata={
             "new_violations": dg.MetadataValue.int(len(evaluation.new_violations)),
+            "new_clearances": dg.MetadataValue.int(len(evaluation.new_clearances)),
+            "found_on_topic": dg.MetadataValue.int(evaluation.found_on_topic),
+            "deferred": dg.MetadataValue.bool(bool(evaluation.deferred)),
             "violations_found": dg.MetadataValue.int(evaluation.violations_found),
             "new_by_rule": dg.MetadataValue.json(by_rule),
             "violations": dg.MetadataValue.md(_violations_markdown(evaluation)),
@@ -98,20 +123,24 @@ def alert_outbox(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     # A broker away for a moment: the step retries (10 s, 20 s, 40 s); after that the next run's publish does.
     retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     description=(
-        "Unpublished outbox rows sent as THRESHOLD_VIOLATED (scope LOT or DAY) to "
-        "`chip-quality.quality.events` with the idempotent producer; a row is marked published only "
-        "after Kafka acknowledged it, so a crash in between re-sends the same event id."
+        "Unpublished outbox rows sent as THRESHOLD_VIOLATED or THRESHOLD_CLEARED (scope LOT or DAY) to "
+        "`chip-quality.quality.events` with the idempotent producer; a row is marked published once Kafka "
+        "acknowledged it, or once its event is found among the landed quality events (never sent twice). "
+        "Waits (metadata `deferred`) while the quality topic is not landed up to the alert fence."
     ),
 )
 def threshold_violation_events(
     context: dg.AssetExecutionContext, kafka: KafkaResource, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
-    """Publish the outbox to Kafka (at least once, deterministic event ids)."""
+    """Publish the outbox to Kafka (deterministic event ids; an event found on the topic is not sent again)."""
     producer = SyncQualityEventProducer(kafka.config(), topic=kafka.quality_topic)
     with warehouse.connect() as conn, producer:
-        publication = publish_outbox(conn, producer.publish_batch)
+        publication = publish_outbox(conn, producer.publish_batch, fence=_fence(kafka))
+    if publication.deferred:
+        context.log.warning(f"alerts not published yet: {'; '.join(publication.deferred)}")
     context.log.info(
-        f"published {publication.acknowledged} THRESHOLD_VIOLATED events to {kafka.quality_topic}"
+        f"published {publication.acknowledged} alert events to {kafka.quality_topic}; "
+        f"{publication.found_on_topic} found already on it"
         + (f" ({publication.resent} re-sent after an earlier unfinished run)" if publication.resent else "")
     )
     table = pd.DataFrame(publication.published[:PREVIEW_ROWS])
@@ -119,7 +148,15 @@ def threshold_violation_events(
         metadata={
             "published": dg.MetadataValue.int(publication.acknowledged),
             "resent": dg.MetadataValue.int(publication.resent),
+            "found_on_topic": dg.MetadataValue.int(publication.found_on_topic),
+            "deferred": dg.MetadataValue.bool(bool(publication.deferred)),
             "topic": dg.MetadataValue.text(kafka.quality_topic),
-            "events": dg.MetadataValue.md(table.to_markdown(index=False) if len(table) else "Nothing to publish."),
+            "events": dg.MetadataValue.md(
+                _deferred_markdown(publication.deferred)
+                if publication.deferred
+                else table.to_markdown(index=False)
+                if len(table)
+                else "Nothing to publish."
+            ),
         }
     )

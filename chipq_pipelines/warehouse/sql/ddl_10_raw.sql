@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS raw.quality_events (
 
 COMMENT ON TABLE raw.quality_events IS 'One row per quality event (event_id unique): assessments and threshold violations from chip-quality.quality.events.';
 COMMENT ON COLUMN raw.quality_events.event_id IS 'Unique event id (uuid text).';
-COMMENT ON COLUMN raw.quality_events.event_type IS 'QUALITY_ASSESSED or THRESHOLD_VIOLATED.';
+COMMENT ON COLUMN raw.quality_events.event_type IS 'QUALITY_ASSESSED, THRESHOLD_VIOLATED or THRESHOLD_CLEARED (quality schema v3).';
 COMMENT ON COLUMN raw.quality_events.event_time IS 'When it happened (UTC instant).';
 COMMENT ON COLUMN raw.quality_events.correlation_id IS 'Id tying together events of one business flow.';
 COMMENT ON COLUMN raw.quality_events.scope IS 'INSPECTION, LOT or DAY: what the event is about.';
