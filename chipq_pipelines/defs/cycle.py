@@ -25,6 +25,7 @@ from chipq_pipelines.defs.alerts.assets import alert_outbox, threshold_violation
 from chipq_pipelines.defs.ingest.assets import raw_inspection_events, raw_quality_events
 from chipq_pipelines.defs.marts.assets import analyst_snapshot
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
+from chipq_pipelines.defs.shared import RAW_INSPECTIONS, RAW_QUALITY
 from chipq_pipelines.ingest.planner import TopicNotReady, plan_ranges
 
 #: A run in progress that logged nothing for this long is taken as lost (its process died) and re-planned;
@@ -41,6 +42,7 @@ _UNFINISHED = [
 ]
 #: step (asset op) name → the KafkaResource field naming its topic
 _STEPS = {"raw__inspection_events": "inspection_topic", "raw__quality_events": "quality_topic"}
+_ASSETS = {"raw__inspection_events": RAW_INSPECTIONS, "raw__quality_events": RAW_QUALITY}
 
 pipeline_cycle = dg.define_asset_job(
     "pipeline_cycle",
@@ -66,6 +68,17 @@ def _in_flight(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
         else:
             context.log.warning(f"run {run.run_id[:8]} logged nothing for {LOST_RUN_AFTER_S:.0f} s; re-planning")
     return alive
+
+
+def _reported_landed(context: dg.SensorEvaluationContext, asset_key: dg.AssetKey) -> dict[int, int]:
+    """partition → next offset, as the newest ingest of ``asset_key`` that read anything reported it."""
+    records = context.instance.fetch_materializations(asset_key, limit=5, ascending=False).records
+    for record in records:
+        materialization = record.asset_materialization
+        landed = materialization.metadata.get("landed_offsets") if materialization else None
+        if landed is not None and isinstance(landed.value, dict):
+            return {int(p): int(o) for p, o in landed.value.items()}
+    return {}
 
 
 def _planned_ends(run: dg.DagsterRun, step: str) -> dict[int, int]:
@@ -110,6 +123,7 @@ def kafka_offsets_sensor(
                 kafka.pipeline_group,
                 use_committed=not rebuild,
                 after=_planned_ends(in_flight[0], step) if in_flight else None,
+                landed=None if rebuild else _reported_landed(context, _ASSETS[step]),
             )
         except TopicNotReady as exc:
             context.log.info(str(exc))

@@ -40,6 +40,7 @@ def plan_ranges(
     *,
     use_committed: bool = True,
     after: Mapping[int, int] | None = None,
+    landed: Mapping[int, int] | None = None,
 ) -> dict[int, tuple[int, int]]:
     """partition → [start, end) of offsets not yet landed, at most ``max_records`` in all.
 
@@ -53,13 +54,19 @@ def plan_ranges(
     the plan there instead, when later: the end of a run that is still in flight,
     so that the next one can wait in the queue (if that run fails, the next one
     reads from the landed offsets anyway: a reader re-anchors every range).
+    ``landed`` (partition → next offset, as the last ingest reported it) starts the
+    plan there when the group is behind: if offset commits keep failing, the group
+    never moves, and planning from it alone would plan the same landed range forever.
     """
     backlog: dict[int, tuple[int, int]] = {}
     with _group_client(kafka, group_id) as consumer:
         for partition, committed, low, high in _offsets(consumer, topic):
             # Not raised to the low watermark: offsets deleted since they were committed are planned, so
             # that ingest reaches them and records the gap (ops.offset_gaps) instead of skipping it unseen.
-            start = max(committed if use_committed and committed >= 0 else low, (after or {}).get(partition, 0))
+            known = committed if use_committed and committed >= 0 else low
+            if use_committed and landed:
+                known = max(known, landed.get(partition, 0))
+            start = max(known, (after or {}).get(partition, 0))
             if high > start:
                 backlog[partition] = (start, high)
     return cap_ranges(backlog, max_records)

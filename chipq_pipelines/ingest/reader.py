@@ -98,8 +98,10 @@ def ingest_ranges(
     A chunk holds at most ``chunk_size`` records and about ``chunk_bytes`` bytes of
     values; large runs decode chunks in worker processes (``chipq_pipelines.ingest.decode``).
     """
-    summary = IngestSummary(topic=topic, planned=dict(planned))
     landed = landed_offsets(conn, topic)
+    # Every partition's landed offset is reported (and mirrored to the group), not only the planned ones:
+    # the planner uses them when commits to the group failed, and a group left behind catches up here.
+    summary = IngestSummary(topic=topic, planned=dict(planned), offsets=dict(landed))
     client_errors = ClientErrors()
     consumer = Consumer(consumer_config(kafka, group_id, client_errors))
     try:

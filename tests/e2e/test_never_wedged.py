@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -14,7 +16,15 @@ import duckdb
 import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from chipq_pipelines.cli import main as chipq
 from chipq_pipelines.definitions import build_defs
@@ -22,7 +32,8 @@ from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.events.schemas import INSPECTION, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
-from chipq_pipelines.paths import REPO_ROOT
+from chipq_pipelines.local_kafka import LocalKafka, free_port
+from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 from chipq_pipelines.runner import catch_up, ensure_dagster_home
 
 pytestmark = pytest.mark.e2e
@@ -200,3 +211,67 @@ def test_records_deleted_before_landing_are_recorded_as_exact_gaps_until_acknowl
     # the same gap is never recorded twice: a later run finds nothing new to record
     catch_up(defs=build_defs(), echo=print)
     assert _query(pipeline_env, "SELECT count(*) FROM ops.offset_gaps")[0][0] == 2
+
+
+class AclKafka(LocalKafka):
+    """A LocalKafka that enforces ACLs (KRaft's StandardAuthorizer); anything without an ACL stays allowed."""
+
+    def _write_config(self, controller_port: int) -> Path:
+        path = super()._write_config(controller_port)
+        with path.open("a") as config:
+            config.write(
+                "\nauthorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer\n"
+                "allow.everyone.if.no.acl.found=true\n"
+            )
+        return path
+
+
+def _group_acls(group: str) -> list[AclBinding]:
+    """Committing offsets needs READ on the group (refused here); reading them, DESCRIBE (allowed)."""
+    return [
+        AclBinding(ResourceType.GROUP, group, ResourcePatternType.LITERAL, "User:ANONYMOUS", "*", op, permission)
+        for op, permission in (
+            (AclOperation.READ, AclPermissionType.DENY),
+            (AclOperation.DESCRIBE, AclPermissionType.ALLOW),
+        )
+    ]
+
+
+@pytest.fixture
+def acl_broker(tmp_path: Path) -> Iterator[str]:
+    broker = AclKafka(port=free_port(), instance_dir=tmp_path / "acl-kafka", lib_dir=ChipqHome.from_env().kafka_lib)
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(acl_broker, make_pipeline_env) -> None:
+    env = make_pipeline_env(acl_broker, CHIPQ_MAX_RECORDS_PER_RUN="40")
+    admin = AdminClient({"bootstrap.servers": acl_broker})
+    for future in admin.create_acls(_group_acls(env.group)).values():
+        future.result(timeout=30)
+    events = _events(f"ACL-{uuid.uuid4().hex[:6]}", lots=10, chips=20)  # 200 events: at least 5 runs of 40
+    _publish(env, events)
+
+    report = catch_up(defs=build_defs(), echo=print, max_rounds=40)
+    landed = _query(env, "SELECT count(*) FROM raw.inspection_events")[0][0]
+    assert landed == len(events)
+    assert report.rounds < 40, "the planner kept planning ranges that had landed already"
+    assert report.runs.get("pipeline_cycle", 0) <= len(events) // 40 + 2
+
+    # Nothing was mirrored to the group: the check says so (WARN: nothing is lost)
+    check = _reconciled()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "group behind the warehouse" in (check.description or "")
+
+    # Commits allowed again: the next run mirrors every landed offset, and the check passes
+    every_group_acl = AclBindingFilter(
+        ResourceType.GROUP, env.group, ResourcePatternType.LITERAL, None, None, AclOperation.ANY, AclPermissionType.ANY
+    )
+    for future in admin.delete_acls([every_group_acl]).values():
+        future.result(timeout=30)
+    _publish(env, _events(f"ACL2-{uuid.uuid4().hex[:6]}", lots=1, chips=3))
+    catch_up(defs=build_defs(), echo=print, max_rounds=10)
+    assert _reconciled().passed
