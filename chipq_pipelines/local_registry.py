@@ -57,9 +57,7 @@ def _log(message: str) -> None:
 def _infra_files() -> list[Path]:
     """The files of ``infra/registry`` the build reads (not a stray ``target/``)."""
     return sorted(
-        path
-        for path in INFRA_DIR.rglob("*")
-        if path.is_file() and "target" not in path.relative_to(INFRA_DIR).parts
+        path for path in INFRA_DIR.rglob("*") if path.is_file() and "target" not in path.relative_to(INFRA_DIR).parts
     )
 
 
@@ -191,9 +189,7 @@ class LocalRegistry:
     def _command(self) -> list[str]:
         java = shutil.which("java")
         if java is None:
-            raise LocalRegistryError(
-                "Java is not on PATH: install a JDK 17+ (apt-get install openjdk-17-jdk-headless)"
-            )
+            raise LocalRegistryError("Java is not on PATH: install a JDK 17+ (apt-get install openjdk-17-jdk-headless)")
         return [
             java,
             f"-Xmx{self.heap}",
