@@ -28,7 +28,12 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.context import log_event, redact_urls
 from chipq_pipelines.events.delivery import DeliveryReport, ProducerCore, ensure_topic, future_callback
-from chipq_pipelines.events.errors import ConsumerError, DeserializationError, NotStartedError
+from chipq_pipelines.events.errors import (
+    ConsumerError,
+    DeserializationError,
+    NotStartedError,
+    SchemaRegistryUnavailableError,
+)
 from chipq_pipelines.events.schemas import SchemaRef
 from chipq_pipelines.events.serialization import AvroSerializer, SchemaLike
 from chipq_pipelines.events.topics import dlq_topic
@@ -258,13 +263,34 @@ class BaseEventConsumer:
     async def _handle(self, message: Message, handler: Handler, max_retries: int) -> None:
         self._counts["messages_consumed"] += 1
         raw = message.value() or b""
-        try:
-            event, schema = self.serializer.decode(raw)
-        except DeserializationError as exc:
-            self._counts["messages_failed"] += 1
-            await self._dead_letter(message, f"{type(exc).__name__}: {exc.reason}")
-            self._store(message)
-            return
+        waited = 0
+        while True:
+            try:
+                event, schema = self.serializer.decode(raw)
+                break
+            except DeserializationError as exc:
+                self._counts["messages_failed"] += 1
+                await self._dead_letter(message, f"{type(exc).__name__}: {exc.reason}")
+                self._store(message)
+                return
+            except SchemaRegistryUnavailableError as exc:
+                # Not the record's fault: never dead-letter it; wait for the registry, then decode it again.
+                if self._stopping:
+                    return  # not stored: its offset is not committed, the next consumer decodes it
+                self._counts["registry_waits"] += 1
+                delay = min(self._retry_backoff_s * 2**waited, self._max_retry_backoff_s)
+                waited += 1
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "schema registry unavailable; waiting to decode the record again",
+                    topic=message.topic(),
+                    partition=message.partition(),
+                    offset=message.offset(),
+                    attempt=waited,
+                    error=redact_urls(exc.reason),
+                )
+                await asyncio.sleep(delay)
         record = ConsumedRecord(
             topic=str(message.topic()),
             partition=int(message.partition() or 0),
@@ -414,6 +440,7 @@ class BaseEventConsumer:
             "messages_failed": self._counts["messages_failed"],
             "messages_retried": self._counts["messages_retried"],
             "messages_dead_lettered": self._counts["messages_dead_lettered"],
+            "registry_waits": self._counts["registry_waits"],
             "commits": self._counts["commits"],
             "buffered": len(self._buffer),
             "lag": lag,

@@ -50,6 +50,20 @@ class SchemaNotFoundError(DeserializationError):
     """The writer schema (fingerprint or registry id) of a record is unknown."""
 
 
+class SchemaRegistryUnavailableError(EventsError):
+    """The schema registry could not answer (unreachable, failing, or not configured): retry later.
+
+    Unlike ``SchemaNotFoundError`` the record is not at fault, so it must be neither
+    dead-lettered nor rejected: ingest fails the run (the next run retries) and
+    consumers wait and decode it again.
+    """
+
+    def __init__(self, reason: str, raw: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
 class PublishError(EventsError):
     """An event was not acknowledged by Kafka (or the producer is not running)."""
 

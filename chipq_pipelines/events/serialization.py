@@ -42,6 +42,7 @@ from chipq_pipelines.events.errors import (
     DeserializationError,
     EventValidationError,
     SchemaNotFoundError,
+    SchemaRegistryUnavailableError,
     SerializationError,
 )
 from chipq_pipelines.events.schemas import KnownSchema, SchemaCatalog, SchemaRef, default_catalog
@@ -90,6 +91,13 @@ def _is_registry_error(exc: Exception) -> bool:
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     return isinstance(exc, SchemaRegistryError | httpx.HTTPError | OSError)
+
+
+def _schema_not_found(exc: Exception) -> bool:
+    """The registry answered that the schema id does not exist (HTTP 404, Confluent error 40403)."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    return isinstance(exc, SchemaRegistryError) and exc.http_status_code == 404
 
 
 @dataclass(frozen=True)
@@ -305,14 +313,25 @@ class AvroSerializer:
         prefix_schema_id_deserializer(prefix, None, framing)
         schema_id = framing.id
         if not self.config.schema_registry_url:
-            raise SchemaNotFoundError(
-                f"Confluent-framed record (schema id {schema_id}) but no SCHEMA_REGISTRY_URL", raw
+            raise SchemaRegistryUnavailableError(
+                f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured: "
+                "set SCHEMA_REGISTRY_URL to the registry its producer used",
+                raw,
             )
         try:
             registered = registry_client(self.config).get_schema(schema_id)
+        except Exception as exc:
+            if _schema_not_found(exc):  # the registry's authoritative answer: this id does not exist
+                raise SchemaNotFoundError(f"schema id {schema_id} not found in the registry: {exc}", raw) from None
+            raise SchemaRegistryUnavailableError(
+                f"the schema registry could not say what schema id {schema_id} is "
+                f"({type(exc).__name__}: {exc}); retry when it answers",
+                raw,
+            ) from exc
+        try:
             writer = self._catalog.resolve(json.loads(registered.schema_str))
         except Exception as exc:
-            raise SchemaNotFoundError(f"schema id {schema_id} not found in the registry: {exc}", raw) from None
+            raise SchemaNotFoundError(f"schema id {schema_id} is not a chipq event schema: {exc}", raw) from None
         with self._lock:
             plan = self._framed_plans[prefix] = self._plan(writer)
         return plan

@@ -17,9 +17,15 @@ from fastavro import parse_schema, schemaless_writer
 
 from chipq_pipelines.events import builders
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.errors import DeserializationError, EventValidationError, SchemaNotFoundError
+from chipq_pipelines.events.errors import (
+    DeserializationError,
+    EventValidationError,
+    SchemaNotFoundError,
+    SchemaRegistryUnavailableError,
+)
 from chipq_pipelines.events.schemas import SCHEMAS_DIR, default_catalog, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer, decode_event, registry_client
+from chipq_pipelines.local_kafka import free_port
 
 PLAIN = KafkaConfig()
 
@@ -123,8 +129,18 @@ def test_decoder_without_registry_accepts_single_object_and_one_with_registry_ac
     framed = AvroSerializer(load_schema("inspection", 1), config=config).serialize(event, topic="t")
     reader = AvroSerializer(load_schema("inspection", 1), config=config)
     assert reader.deserialize(single) == reader.deserialize(framed) == event
-    with pytest.raises(SchemaNotFoundError, match="no SCHEMA_REGISTRY_URL"):
+    # not the record's fault: a configuration to fix, never a poison verdict
+    with pytest.raises(SchemaRegistryUnavailableError, match="set SCHEMA_REGISTRY_URL") as caught:
         AvroSerializer(load_schema("inspection", 1), config=PLAIN).decode(framed)
+    assert not isinstance(caught.value, DeserializationError) and caught.value.raw == framed
+
+
+def test_an_unreachable_registry_is_unavailable_and_an_unknown_id_is_poison() -> None:
+    """Connection refused (nothing listens on the port) is retried later; the registry's 404 is final."""
+    framed = AvroSerializer(load_schema("inspection"), config=registry_config()).serialize(inspection(), topic="t")
+    closed = KafkaConfig(schema_registry_url=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(SchemaRegistryUnavailableError, match="retry when it answers"):
+        AvroSerializer(load_schema("inspection"), config=closed).decode(framed)
 
 
 @pytest.mark.parametrize("name,new_field", [("inspection", "recipe_id"), ("quality", "model_version")])
