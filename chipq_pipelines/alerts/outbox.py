@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,7 +148,12 @@ def changed_partitions(conn: duckdb.DuckDBPyConnection, rules: RuleSet) -> tuple
 
 
 def evaluate_into_outbox(
-    conn: duckdb.DuckDBPyConnection, rules: RuleSet, fence: TopicFence | None = None
+    conn: duckdb.DuckDBPyConnection,
+    rules: RuleSet,
+    fence: TopicFence | None = None,
+    *,
+    quarantined_lots: Collection[str] = (),
+    quarantined_days: Collection[dt.date] = (),
 ) -> Evaluation:
     """Evaluate the rules on the mart partitions rewritten since the last evaluation; store what changed.
 
@@ -158,6 +163,10 @@ def evaluate_into_outbox(
     through ``lifecycle``: new violations (a new episode after a clearance) and
     THRESHOLD_CLEARED for subjects that stopped breaking a rule. Idempotent: the
     same facts and history give the same event ids, which the outbox keeps once.
+
+    ``quarantined_lots`` and ``quarantined_days`` (partitions whose data fails the marts'
+    data-quality checks) are passed over: never alerted (nor cleared) from, but not
+    blocking anything else; they are judged again when they change next.
 
     With ``fence``, nothing is evaluated (``deferred`` says why; the watermarks stay,
     so a later run evaluates it all) until the topics are landed up to the fence:
@@ -183,9 +192,11 @@ def evaluate_into_outbox(
         lot_since = _since(conn, "lots", state_version)
         day_since = _since(conn, "days", state_version)
         evaluation.full_reevaluation = lot_since is None and day_since is None
-        lots = records(conn, "lots_to_evaluate", {"since": lot_since, "lookback": LOOKBACK})
+        every_lot = records(conn, "lots_to_evaluate", {"since": lot_since, "lookback": LOOKBACK})
+        every_changed = [lot for lot in every_lot if lot["changed"]]
+        lots = [lot for lot in every_lot if str(lot["lot_id"]) not in quarantined_lots]
         changed = [lot for lot in lots if lot["changed"]]
-        evaluation.lots_read = len(lots)
+        evaluation.lots_read = len(every_lot)
         violations: list[Violation] = []
         for lot in changed:
             violations += evaluate_lot(rules, lot)
@@ -197,14 +208,15 @@ def evaluate_into_outbox(
             )
             violations += spc_violations
             judged += spc_judged
-        days = records(conn, "days_to_evaluate", {"since": day_since})
+        every_day = records(conn, "days_to_evaluate", {"since": day_since})
+        days = [row for row in every_day if row["event_date"] not in quarantined_days]
         violations += evaluate_day(rules, days)
         judged += lifecycle.day_judgements(rules, days)
         evaluation.days_evaluated = len({row["event_date"] for row in days})
         evaluation.violations_found = len(violations)
         _store_transitions(conn, judged, violations, evaluation)
-        _set_state(conn, "lots", max([lot["updated_at"] for lot in changed], default=lot_since), state_version)
-        _set_state(conn, "days", max([row["updated_at"] for row in days], default=day_since), state_version)
+        _set_state(conn, "lots", max([lot["updated_at"] for lot in every_changed], default=lot_since), state_version)
+        _set_state(conn, "days", max([row["updated_at"] for row in every_day], default=day_since), state_version)
     return evaluation
 
 

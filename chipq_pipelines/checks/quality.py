@@ -123,6 +123,30 @@ def check_defect_rates(conn: duckdb.DuckDBPyConnection, scope: Scope) -> dict[st
     return {k: int(v) for k, v in _one_row(conn, "defect_rates_problems", {"days": list(scope.days)}).items()}
 
 
+#: At most this many (partition, problem) rows are named by ``offenders``.
+OFFENDERS_LIMIT = 1000
+
+
+def offenders(conn: duckdb.DuckDBPyConnection, mart: str, scope: Scope) -> list[dict[str, Any]]:
+    """The partitions behind a mart's problem counters, named: partition_key, problem, rows, example.
+
+    ``mart`` is ``lots`` (keys are lot ids) or ``days`` (ISO dates); the example is an
+    event id (or, for a mart row, the lot or the defect type) to look the problem up by.
+    """
+    if mart == "lots":
+        start, end = scope.day_range or (None, None)
+        params = {"lots": list(scope.lot_ids or ()), "days": list(scope.days), "start": start, "end": end}
+        name = "lot_quality_offenders"
+    elif mart == "days":
+        params = {"days": list(scope.days)}
+        name = "defect_rates_offenders"
+    else:
+        raise ValueError(f"mart must be 'lots' or 'days', not {mart!r}")
+    relation = conn.execute(_sql(name), {**params, "limit": OFFENDERS_LIMIT})
+    columns = [d[0] for d in relation.description or []]
+    return [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+
+
 def lot_quality_counts(
     conn: duckdb.DuckDBPyConnection, lot_ids: Sequence[str] | None = None, *, recent_days: int = RECENT_DAYS
 ) -> dict[str, int]:
@@ -137,22 +161,51 @@ def defect_rate_counts(
     return check_defect_rates(conn, day_scope(days, recent_days))
 
 
+@dataclass(frozen=True)
+class MartProblems:
+    """What the data-quality queries found behind the lots and days about to be evaluated."""
+
+    #: every non-zero problem counter, e.g. ``lot_quality_scores.duplicate_event_ids``
+    counts: dict[str, int]
+    #: the offending partitions, named (see ``offenders``)
+    lot_offenders: list[dict[str, Any]]
+    day_offenders: list[dict[str, Any]]
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    @property
+    def lots(self) -> set[str]:
+        return {str(row["partition_key"]) for row in self.lot_offenders}
+
+    @property
+    def days(self) -> set[dt.date]:
+        return {dt.date.fromisoformat(str(row["partition_key"])) for row in self.day_offenders}
+
+
 def mart_quality_problems(
     conn: duckdb.DuckDBPyConnection,
     lot_ids: Sequence[str] | None = None,
     days: Sequence[dt.date] | None = None,
     *,
     recent_days: int = RECENT_DAYS,
-) -> dict[str, int]:
-    """Every non-zero problem counter over both marts (empty when clean), for the lots and days given.
+) -> MartProblems:
+    """Every non-zero problem counter over both marts, and the partitions behind them (falsy when clean).
 
-    None stands for the recent window; an empty list checks nothing of that mart.
+    None stands for the recent window; an empty list checks nothing of that mart. The
+    offending partitions are only looked up when a counter is non-zero.
     """
-    lots = lot_quality_counts(conn, lot_ids, recent_days=recent_days)
-    day_counts = defect_rate_counts(conn, days, recent_days=recent_days)
-    problems = {f"lot_quality_scores.{k}": lots[k] for k in LOT_PROBLEMS if lots[k]}
-    problems |= {f"defect_rates.{k}": day_counts[k] for k in DAY_PROBLEMS if day_counts[k]}
-    return problems
+    lot_scope_ = lot_scope(conn, lot_ids, recent_days)
+    day_scope_ = day_scope(days, recent_days)
+    lots = check_lot_quality(conn, lot_scope_)
+    day_counts = check_defect_rates(conn, day_scope_)
+    counts = {f"lot_quality_scores.{k}": lots[k] for k in LOT_PROBLEMS if lots[k]}
+    day_problems = {f"defect_rates.{k}": day_counts[k] for k in DAY_PROBLEMS if day_counts[k]}
+    return MartProblems(
+        counts=counts | day_problems,
+        lot_offenders=offenders(conn, "lots", lot_scope_) if counts else [],
+        day_offenders=offenders(conn, "days", day_scope_) if day_problems else [],
+    )
 
 
 def measure_freshness(

@@ -6,7 +6,7 @@ import pandas as pd
 from chipq_pipelines.alerts.fence import TopicFence
 from chipq_pipelines.alerts.outbox import Evaluation, changed_partitions, evaluate_into_outbox
 from chipq_pipelines.alerts.publish import publish_outbox
-from chipq_pipelines.checks.quality import mart_quality_problems
+from chipq_pipelines.checks.quality import MartProblems, mart_quality_problems
 from chipq_pipelines.defs.ingest.assets import raw_inspection_events
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
@@ -48,6 +48,12 @@ def _violations_markdown(evaluation: Evaluation) -> str:
     return pd.DataFrame(rows).to_markdown(index=False) + (f"\n\n… and {more} more" if more > 0 else "")
 
 
+def _offenders_markdown(problems: MartProblems) -> str:
+    rows = [{"mart": "lot_quality_scores", **row} for row in problems.lot_offenders[:PREVIEW_ROWS]]
+    rows += [{"mart": "defect_rates", **row} for row in problems.day_offenders[:PREVIEW_ROWS]]
+    return pd.DataFrame(rows).to_markdown(index=False) if rows else "None: every evaluated partition is clean."
+
+
 @warehouse_asset(
     key=["ops", "alert_outbox"],
     # raw/inspection_events too: in a pipeline cycle its step is what rewrites the marts, so it runs first
@@ -74,16 +80,19 @@ def alert_outbox(
         # Never alert from data that fails the marts' blocking data-quality checks. Those checks run in the
         # marts' own partitioned runs, not in a pipeline cycle (two more steps per cycle cost freshness);
         # so the same queries run here, on exactly the lots and days about to be evaluated (rewritten
-        # since the last evaluation, an earlier run's too).
+        # since the last evaluation, an earlier run's too). The partitions they name are passed over,
+        # not the whole evaluation: one bad event must not stop alerts for every other lot.
         lot_ids, days = changed_partitions(conn, rules)
         problems = mart_quality_problems(conn, lot_ids, days)
         if problems:
-            raise dg.Failure(
-                description=f"marts fail their data-quality checks, no alerts evaluated: {problems}",
-                metadata={"problems": dg.MetadataValue.json(problems)},
-                allow_retries=False,  # the data, not a transient fault: retrying cannot help
+            context.log.error(
+                f"marts fail their data-quality checks ({problems.counts}); no alerts from lots "
+                f"{sorted(problems.lots)[:20]} and days {sorted(d.isoformat() for d in problems.days)[:20]} "
+                "until they change again: see the metadata's offending_rows"
             )
-        evaluation = evaluate_into_outbox(conn, rules, _fence(kafka))
+        evaluation = evaluate_into_outbox(
+            conn, rules, _fence(kafka), quarantined_lots=problems.lots, quarantined_days=problems.days
+        )
     if evaluation.deferred:
         context.log.warning(f"alerts not evaluated yet: {'; '.join(evaluation.deferred)}")
     by_rule: dict[str, int] = {}
@@ -96,6 +105,9 @@ def alert_outbox(
     )
     return dg.MaterializeResult(
         metadata={
+            "quarantined_lots": dg.MetadataValue.int(len(problems.lots)),
+            "quarantined_days": dg.MetadataValue.int(len(problems.days)),
+            "offending_rows": dg.MetadataValue.md(_offenders_markdown(problems)),
             "new_violations": dg.MetadataValue.int(len(evaluation.new_violations)),
             "new_clearances": dg.MetadataValue.int(len(evaluation.new_clearances)),
             "found_on_topic": dg.MetadataValue.int(evaluation.found_on_topic),

@@ -29,6 +29,7 @@ from chipq_pipelines.checks.quality import (
     day_scope,
     lot_scope,
     measure_freshness,
+    offenders,
 )
 from chipq_pipelines.defs.marts.assets import defect_rates, lot_quality_scores
 from chipq_pipelines.defs.partitions import lot_id_from_partition_key
@@ -66,10 +67,14 @@ def _day_scope(context: dg.AssetCheckExecutionContext, recent_days: int) -> Scop
     return day_scope(None if keys is None else [dt.date.fromisoformat(key) for key in keys], recent_days)
 
 
-def _quality_result(counts: dict[str, int], problems: tuple[str, ...], scope: str) -> dg.AssetCheckResult:
+def _quality_result(
+    counts: dict[str, int], problems: tuple[str, ...], scope: str, named: list[dict] | None = None
+) -> dg.AssetCheckResult:
     found = {k: counts[k] for k in problems if counts[k]}
     metadata = {k: dg.MetadataValue.int(v) for k, v in counts.items()}
     metadata["scope"] = dg.MetadataValue.text(scope)
+    if named:  # which partitions, which problem, and an event id to look each one up by
+        metadata["offending_rows"] = dg.MetadataValue.md(pd.DataFrame(named[:50]).to_markdown(index=False))
     metadata["compared"] = dg.MetadataValue.text(
         "duplicate event ids, scores and confidences within [0, 1], null/blank lot ids, mart ratios within [0, 1]"
     )
@@ -95,7 +100,8 @@ def lot_quality_data_quality(
     with warehouse.connect() as conn:
         scope = lot_scope(conn, _lot_ids(context), config.recent_days)
         counts = check_lot_quality(conn, scope)
-    return _quality_result(counts, LOT_PROBLEMS, scope.label)
+        named = offenders(conn, "lots", scope) if any(counts[k] for k in LOT_PROBLEMS) else None
+    return _quality_result(counts, LOT_PROBLEMS, scope.label, named)
 
 
 @warehouse_check(
@@ -113,7 +119,8 @@ def defect_rates_data_quality(
     scope = _day_scope(context, config.recent_days)
     with warehouse.connect() as conn:
         counts = check_defect_rates(conn, scope)
-    return _quality_result(counts, DAY_PROBLEMS, scope.label)
+        named = offenders(conn, "days", scope) if any(counts[k] for k in DAY_PROBLEMS) else None
+    return _quality_result(counts, DAY_PROBLEMS, scope.label, named)
 
 
 class FreshnessConfig(RecentWindowConfig):
