@@ -1,4 +1,8 @@
-"""No single bad event, deleted offset or refused commit stops the pipeline or passes unseen."""
+"""No single bad event, deleted offset or refused commit stops the pipeline or passes unseen.
+
+Each case records its row of docs/reliability.md (sent, landed, rejected, lost,
+duplicated read from the warehouse) and runs in `make test` too (``short``).
+"""
 
 from __future__ import annotations
 
@@ -36,9 +40,15 @@ from chipq_pipelines.local_kafka import LocalKafka, free_port
 from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 from chipq_pipelines.runner import catch_up, ensure_dagster_home
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.reliability, pytest.mark.short]
 
 RECONCILED_OP = "ops__e2e_flow_probe_kafka_offsets_reconciled"
+
+
+@pytest.fixture
+def pipeline_env(kafka_bootstrap: str, make_pipeline_env: Any) -> Any:
+    """An isolated pipeline on the session's broker, its variables set in this process."""
+    return make_pipeline_env(kafka_bootstrap)
 
 
 def _events(prefix: str, lots: int = 3, chips: int = 10, score: float = 0.95) -> list[dict[str, Any]]:
@@ -97,7 +107,8 @@ def _reconciled() -> dg.AssetCheckEvaluation:
     return evaluation
 
 
-def test_blank_and_control_character_lot_ids_are_rejected_and_everything_else_completes(pipeline_env) -> None:
+@pytest.mark.case("bad input", "blank, whitespace-only and control-character lot and chip ids among good lots")
+def test_blank_and_control_character_lot_ids_are_rejected_and_everything_else_completes(pipeline_env, rel, row) -> None:
     prefix = f"WEDGE-{uuid.uuid4().hex[:6]}"
     good = _events(prefix, lots=2) + _events(f"{prefix}-low", lots=1, score=0.5)  # the last lot breaks a rule
     bad_lots = ["", "   ", "\t", f"{prefix}-\x1b[31mred", f"{prefix}\nX"]
@@ -138,6 +149,13 @@ def test_blank_and_control_character_lot_ids_are_rejected_and_everything_else_co
     # and the analysts' view shows the same lots
     result = CliRunner().invoke(chipq, ["sql", "SELECT count(*) AS lots FROM marts.lot_quality_scores"], env={})
     assert result.exit_code == 0 and "3" in result.output, result.output
+    counts = rel.tally(pipeline_env, {e["event_id"] for e in good})
+    row.sent, row.landed, row.rejected = len(good) + len(bad), counts.landed_ids, len(reasons)
+    row.lost, row.duplicated = counts.lost + len(bad) - len(reasons), counts.duplicated
+    row.note(
+        "`chipq catch-up` exits 0; the 3 good lots reach the marts and the alerts (the bad-scoring lot's are "
+        "published); each bad id is rejected with its reason"
+    )
 
 
 def _watermarks(env) -> dict[int, tuple[int, int]]:
@@ -152,9 +170,13 @@ def _watermarks(env) -> dict[int, tuple[int, int]]:
         consumer.close()
 
 
-def test_records_deleted_before_landing_are_recorded_as_exact_gaps_until_acknowledged(pipeline_env) -> None:
+@pytest.mark.case(
+    "retention", "records deleted (`delete_records`) before they landed: two of one partition, every new one of another"
+)
+def test_records_deleted_before_landing_are_recorded_as_exact_gaps_until_acknowledged(pipeline_env, rel, row) -> None:
     prefix = f"GAP-{uuid.uuid4().hex[:6]}"
-    _publish(pipeline_env, _events(f"{prefix}-a", lots=3))
+    first = _events(f"{prefix}-a", lots=3)
+    _publish(pipeline_env, first)
     catch_up(defs=build_defs(), echo=print)
     landed = {p: high for p, (_, high) in _watermarks(pipeline_env).items()}
     second = _events(f"{prefix}-b", lots=6)
@@ -185,7 +207,14 @@ def test_records_deleted_before_landing_are_recorded_as_exact_gaps_until_acknowl
     assert sorted(gaps) == expected
     lost = sum(cut[p] - landed[p] for p in cut)
     raw = _query(pipeline_env, "SELECT count(*) FROM raw.inspection_events WHERE NOT is_canary")[0][0]
-    assert raw == 30 + len(second) - lost  # everything else landed, nothing twice
+    assert raw == len(first) + len(second) - lost  # everything else landed, nothing twice
+    counts = rel.tally(pipeline_env, {e["event_id"] for e in first + second})
+    row.sent, row.landed, row.rejected = len(first) + len(second), raw, 0
+    row.lost, row.duplicated = counts.lost - lost, counts.duplicated
+    row.note(
+        f"{lost} records deleted by the broker before landing, recorded exactly as {len(gaps)} rows of "
+        "ops.offset_gaps (not counted as lost); kafka_offsets_reconciled fails (ERROR) until `chipq gaps ack`"
+    )
     assert _query(pipeline_env, "SELECT count(*) FROM ops.rejected_events")[0][0] == 0
 
     failing = _reconciled()
@@ -247,7 +276,10 @@ def acl_broker(tmp_path: Path) -> Iterator[str]:
         broker.stop()
 
 
-def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(acl_broker, make_pipeline_env) -> None:
+@pytest.mark.case("broker faults", "offset commits refused (ACL: GROUP_AUTHORIZATION_FAILED), 40 records a run")
+def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(
+    acl_broker, make_pipeline_env, rel, row
+) -> None:
     env = make_pipeline_env(acl_broker, CHIPQ_MAX_RECORDS_PER_RUN="40")
     admin = AdminClient({"bootstrap.servers": acl_broker})
     for future in admin.create_acls(_group_acls(env.group)).values():
@@ -256,6 +288,18 @@ def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(acl
     _publish(env, events)
 
     report = catch_up(defs=build_defs(), echo=print, max_rounds=40)
+    counts = rel.tally(env, {e["event_id"] for e in events})
+    row.sent, row.landed, row.rejected, row.lost, row.duplicated = (
+        len(events),
+        counts.landed_ids,
+        counts.rejected,
+        counts.lost,
+        counts.duplicated,
+    )
+    row.note(
+        f"{report.runs.get('pipeline_cycle', 0)} runs planned from the landed offsets; "
+        "the check warns while commits fail"
+    )
     landed = _query(env, "SELECT count(*) FROM raw.inspection_events")[0][0]
     assert landed == len(events)
     assert report.rounds < 40, "the planner kept planning ranges that had landed already"
