@@ -18,6 +18,9 @@ RAW_INSPECTIONS = dg.AssetKey(["raw", "inspection_events"])
 RAW_QUALITY = dg.AssetKey(["raw", "quality_events"])
 DEFECT_RATES = dg.AssetKey(["marts", "defect_rates"])
 LOT_QUALITY = dg.AssetKey(["marts", "lot_quality_scores"])
+THRESHOLD_VIOLATIONS = dg.AssetKey(["ops", "threshold_violation_events"])
+KAFKA_INSPECTIONS = dg.AssetKey(["kafka", "inspection_events"])
+KAFKA_QUALITY = dg.AssetKey(["kafka", "quality_events"])
 
 #: Steps that only react to "upstream changed" (the alerts, the analysts' view). In a pipeline cycle they run
 #: in the same run as what changed them; when something else changes a mart (the daily schedule, a backfill

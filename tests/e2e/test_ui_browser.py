@@ -45,6 +45,17 @@ OUTPUT = REPO_ROOT / "test-output" / "ui-browser"
 LOCATION = "chipq_pipelines.definitions"  # workspace.yaml loads this module; Dagster names the location after it
 INGEST_ASSETS = {"raw/inspection_events", "raw/quality_events"}
 MARTS = {"marts/defect_rates", "marts/lot_quality_scores"}
+TOPICS = {"kafka/inspection_events", "kafka/quality_events"}
+#: The loop the lineage must show: topic → raw → marts → alerts → topic (child: its parents).
+LINEAGE = {
+    "raw/inspection_events": {"kafka/inspection_events"},
+    "raw/quality_events": {"kafka/quality_events"},
+    "marts/defect_rates": {"raw/inspection_events"},
+    "marts/lot_quality_scores": {"raw/inspection_events"},
+    "ops/alert_outbox": {"marts/defect_rates", "marts/lot_quality_scores"},
+    "ops/threshold_violation_events": {"ops/alert_outbox"},
+    "kafka/quality_events": {"ops/threshold_violation_events"},
+}
 STARTUP_TIMEOUT_S = 90
 
 ASSETS_QUERY = """
@@ -52,6 +63,8 @@ ASSETS_QUERY = """
   assetNodes {
     assetKey { path }
     groupName
+    dependencyKeys { path }
+    isMaterializable
     assetChecksOrError {
       __typename
       ... on AssetChecks { checks { name executionForLatestMaterialization { status } } }
@@ -200,8 +213,13 @@ def test_asset_graph_lists_ingest_marts_and_checks_and_report_renders(
 
     # the API behind the asset graph: assets, groups and the marts' checks, as the code defines them
     nodes = {"/".join(n["assetKey"]["path"]): n for n in webserver.graphql(ASSETS_QUERY)["assetNodes"]}
-    assert set(nodes) >= INGEST_ASSETS | MARTS, sorted(nodes)
+    assert set(nodes) >= INGEST_ASSETS | MARTS | TOPICS, sorted(nodes)
     assert {nodes[key]["groupName"] for key in INGEST_ASSETS} == {"ingest"}
+    assert {nodes[key]["groupName"] for key in TOPICS} == {"kafka"}
+    assert not any(nodes[key]["isMaterializable"] for key in TOPICS)  # external: Kafka owns them
+    for child, parents in LINEAGE.items():
+        shown = {"/".join(d["path"]) for d in nodes[child]["dependencyKeys"]}
+        assert parents <= shown, f"{child}: the UI's lineage has parents {sorted(shown)}, not {sorted(parents)}"
     defined = build_defs().resolve_asset_graph().asset_check_keys
     for mart in sorted(MARTS):
         shown = {c["name"] for c in nodes[mart]["assetChecksOrError"]["checks"]}
@@ -218,12 +236,28 @@ def test_asset_graph_lists_ingest_marts_and_checks_and_report_renders(
         "asset-lineage": f"{webserver.url}/asset-groups",
         "assets-catalog": f"{webserver.url}/assets",
         "group-ingest": f"{groups}/ingest",
+        "group-kafka": f"{groups}/kafka",
+        # the loop in one picture: everything upstream of the quality topic, back to the inspection topic
+        "topic-loop-lineage": (
+            f"{webserver.url}/assets/kafka/quality_events?view=lineage&lineageScope=upstream&lineageDepth=6"
+        ),
         "group-quality-marts": f"{groups}/quality_marts",
         **{f"{mart.split('/')[1]}-checks": f"{webserver.url}/assets/{mart}?view=checks" for mart in sorted(MARTS)},
     }
     text = {name: browse(chromium, url, tmp_path / "profile", OUTPUT / f"{name}.png") for name, url in pages.items()}
 
-    assert {"ingest", "quality_marts"} <= set(text["asset-lineage"].split()), text["asset-lineage"][:2000]
+    assert {"ingest", "quality_marts", "kafka"} <= set(text["asset-lineage"].split()), text["asset-lineage"][:2000]
+    loop = text["topic-loop-lineage"]
+    for name in (
+        "inspection_events",
+        "defect_rates",
+        "lot_quality_scores",
+        "alert_outbox",
+        "threshold_violation_events",
+    ):
+        assert name in loop, f"{name} not drawn upstream of kafka/quality_events: {loop[:2000]}"
+    for key in sorted(TOPICS):  # the topics' group graph draws them and their neighbours across groups
+        assert key.split("/")[1] in text["group-kafka"], f"{key} not drawn in the kafka group's graph"
     for key in sorted(INGEST_ASSETS | MARTS):
         shown = text["assets-catalog"]
         assert key.replace("/", " / ") in shown, f"{key} not in the rendered asset catalog: {shown[:2000]}"

@@ -18,7 +18,15 @@ from pydantic import Field
 
 from chipq_pipelines.defs.partitions import LANDING_BOUNDS, daily_partitions, lot_partition_key, lot_partitions
 from chipq_pipelines.defs.resources import KafkaResource, WarehouseResource
-from chipq_pipelines.defs.shared import DEFECT_RATES, LOT_QUALITY, RAW_INSPECTIONS, RAW_QUALITY, warehouse_asset
+from chipq_pipelines.defs.shared import (
+    DEFECT_RATES,
+    KAFKA_INSPECTIONS,
+    KAFKA_QUALITY,
+    LOT_QUALITY,
+    RAW_INSPECTIONS,
+    RAW_QUALITY,
+    warehouse_asset,
+)
 from chipq_pipelines.ingest.reader import IngestSummary, ingest_ranges
 from chipq_pipelines.warehouse.marts import rewrite_days, rewrite_lots
 
@@ -131,6 +139,7 @@ def _ingest(
 
 @warehouse_asset(
     key=RAW_INSPECTIONS,
+    deps=[KAFKA_INSPECTIONS],
     group_name="ingest",
     kinds={"kafka", "duckdb"},
     description=(
@@ -150,6 +159,7 @@ def raw_inspection_events(
 
 @warehouse_asset(
     key=RAW_QUALITY,
+    deps=[KAFKA_QUALITY],
     group_name="ingest",
     kinds={"kafka", "duckdb"},
     description=(
