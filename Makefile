@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 export CHIPQ_HOME ?= $(CURDIR)/.chipq
 export DAGSTER_HOME ?= $(CHIPQ_HOME)/dagster
 
-.PHONY: demo test lint unit install clean ui compose-plugin chromium reliability
+.PHONY: demo test lint unit install clean ui compose-plugin kubeconform chromium reliability
 
 # The docker client here may lack the compose plugin; the test that checks
 # docker-compose.yml then uses one built from the Go module proxy (once).
@@ -41,13 +41,33 @@ compose-plugin:
 	  else echo "no docker compose plugin and no Go toolchain: the compose check will be skipped"; fi; \
 	fi
 
+# kubeconform validates deploy/k8s (tests/unit/test_k8s_manifests.py), built from its Go module once.
+# It ships no Kubernetes schemas and downloads them from GitHub by default, which is out of reach
+# here: scripts/k8s_json_schemas.py makes them (standalone and strict) from Kubernetes' own OpenAPI
+# spec in the k8s.io/kubernetes module on the Go module proxy, once per K8S_SCHEMA_VERSION.
+KUBECONFORM_VERSION := v0.8.0
+K8S_SCHEMA_VERSION  := 1.35.4
+KUBECONFORM         := $(CHIPQ_HOME)/tools/gobin/kubeconform
+K8S_SCHEMAS         := $(CHIPQ_HOME)/tools/k8s-schemas
+
+kubeconform:
+	@if ! command -v go >/dev/null; then \
+	  echo "no Go toolchain: kubeconform cannot be built and the Kubernetes manifest check will fail"; exit 0; fi; \
+	if ! go version -m $(KUBECONFORM) 2>/dev/null | grep -q "mod.*kubeconform.*$(KUBECONFORM_VERSION)"; then \
+	  echo "building kubeconform $(KUBECONFORM_VERSION) (once)"; \
+	  GOBIN=$(CHIPQ_HOME)/tools/gobin go install github.com/yannh/kubeconform/cmd/kubeconform@$(KUBECONFORM_VERSION); \
+	fi; \
+	if [ ! -d $(K8S_SCHEMAS)/v$(K8S_SCHEMA_VERSION)-standalone-strict ]; then \
+	  $(PYTHON) scripts/k8s_json_schemas.py --kubernetes-version $(K8S_SCHEMA_VERSION) --out $(K8S_SCHEMAS); \
+	fi
+
 ## make demo: start Kafka, run the main job, print what happened, stop everything
 demo: install
 	$(BIN)/chipq demo
 
 ## make test: lint, type-check the events library, run every test on a real broker
 ## (plus the short reliability cases: bad input, ingest crashes, producer fault, SASL)
-test: install lint compose-plugin chromium
+test: install lint compose-plugin kubeconform chromium
 	$(BIN)/pytest -ra -p no:cacheprovider -m "not reliability or short"
 
 ## make reliability: faults, bad input, load, a soak (CHIPQ_SOAK_SECONDS, default 600) alongside, and SASL;

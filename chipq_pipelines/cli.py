@@ -380,18 +380,26 @@ def simulate_cmd(
 
 
 @main.command("processor")
-def processor_cmd() -> None:
+@click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /livez and /readyz (JSON, for Kubernetes probes) on this port, on all interfaces.",
+)
+def processor_cmd(health_port: int | None) -> None:
     """Run the guide's EventProcessorService (analytics + notification consumers).
 
     Consumes with KAFKA_BOOTSTRAP_SERVERS until SIGTERM or Ctrl-C, then commits
     and leaves the consumer groups. Alerts go to the log, or to
-    CHIPQ_ALERT_WEBHOOK_URL / CHIPQ_ALERT_JSONL when set.
+    CHIPQ_ALERT_WEBHOOK_URL / CHIPQ_ALERT_JSONL when set. With --health-port,
+    /livez (the event loop answers) and /readyz (consumers started, Kafka
+    answers) return 200 or 503 with the facts as JSON.
     """
     from chipq_pipelines.events.errors import ConfigError
     from chipq_pipelines.events.processor import run_processor
 
     try:
-        run_processor()
+        run_processor(health_port=health_port)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

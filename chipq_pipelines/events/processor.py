@@ -81,6 +81,17 @@ async def serve(
             loop.remove_signal_handler(sig)
 
 
-def run_processor(config: KafkaConfig | None = None, notifier: Notifier | None = None) -> None:
-    """Blocking entry point of ``chipq processor``: run until SIGTERM/SIGINT, stop cleanly."""
-    asyncio.run(serve(EventProcessorService(config, notifier)))
+def run_processor(
+    config: KafkaConfig | None = None, notifier: Notifier | None = None, health_port: int | None = None
+) -> None:
+    """Blocking entry point of ``chipq processor``: run until SIGTERM/SIGINT, stop cleanly.
+
+    With ``health_port``, ``/livez`` and ``/readyz`` are served there meanwhile (``health_endpoint``).
+    """
+    service = EventProcessorService(config, notifier)
+    if health_port is None:
+        asyncio.run(serve(service))
+    else:
+        from chipq_pipelines.events.health_endpoint import serve_with_health
+
+        asyncio.run(serve_with_health(service, health_port))
