@@ -380,18 +380,39 @@ def simulate_cmd(
 
 
 @main.command("processor")
-def processor_cmd() -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the consumers' counters and lag to Prometheus on http://ADDR:PORT/metrics.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics endpoint (0.0.0.0 in a container that Prometheus scrapes from outside).",
+)
+def processor_cmd(metrics_port: int | None, metrics_addr: str) -> None:
     """Run the guide's EventProcessorService (analytics + notification consumers).
 
     Consumes with KAFKA_BOOTSTRAP_SERVERS until SIGTERM or Ctrl-C, then commits
     and leaves the consumer groups. Alerts go to the log, or to
     CHIPQ_ALERT_WEBHOOK_URL / CHIPQ_ALERT_JSONL when set.
+
+    With --metrics-port, /metrics serves per consumer group the counters of
+    get_metrics() (chipq_consumer_messages_consumed_total, ..._processed_total,
+    ..._failed_total, ..._dead_lettered_total, ...) and the lag per partition
+    (chipq_consumer_lag_records{group,topic,partition}); docs/monitoring.md lists them.
+
+    \b
+    Example:
+      chipq processor --metrics-port 9464
     """
     from chipq_pipelines.events.errors import ConfigError
     from chipq_pipelines.events.processor import run_processor
 
     try:
-        run_processor()
+        run_processor(metrics_port=metrics_port, metrics_addr=metrics_addr)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
