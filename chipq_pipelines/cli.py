@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from chipq_pipelines.kafka_cli import kafka, topics
+from chipq_pipelines.metrics.cli import metrics
 from chipq_pipelines.paths import ChipqHome
 
 
@@ -34,6 +35,7 @@ def main() -> None:
 
 main.add_command(kafka)
 main.add_command(topics)
+main.add_command(metrics)
 
 
 # ------------------------------------------------------------------ pipeline
