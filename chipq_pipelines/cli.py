@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from chipq_pipelines.kafka_cli import kafka, topics
+from chipq_pipelines.metrics.cli import metrics
 from chipq_pipelines.paths import ChipqHome
 
 
@@ -34,6 +35,7 @@ def main() -> None:
 
 main.add_command(kafka)
 main.add_command(topics)
+main.add_command(metrics)
 
 
 # ------------------------------------------------------------------ pipeline
@@ -386,7 +388,19 @@ def simulate_cmd(
     default=None,
     help="Serve /livez and /readyz (JSON, for Kubernetes probes) on this port, on all interfaces.",
 )
-def processor_cmd(health_port: int | None) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the consumers' counters and lag to Prometheus on http://ADDR:PORT/metrics.",
+)
+@click.option(
+    "--metrics-addr",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address of the metrics endpoint (0.0.0.0 in a container that Prometheus scrapes from outside).",
+)
+def processor_cmd(health_port: int | None, metrics_port: int | None, metrics_addr: str) -> None:
     """Run the guide's EventProcessorService (analytics + notification consumers).
 
     Consumes with KAFKA_BOOTSTRAP_SERVERS until SIGTERM or Ctrl-C, then commits
@@ -394,12 +408,21 @@ def processor_cmd(health_port: int | None) -> None:
     CHIPQ_ALERT_WEBHOOK_URL / CHIPQ_ALERT_JSONL when set. With --health-port,
     /livez (the event loop answers) and /readyz (consumers started, Kafka
     answers) return 200 or 503 with the facts as JSON.
+
+    With --metrics-port, /metrics serves per consumer group the counters of
+    get_metrics() (chipq_consumer_messages_consumed_total, ..._processed_total,
+    ..._failed_total, ..._dead_lettered_total, ...) and the lag per partition
+    (chipq_consumer_lag_records{group,topic,partition}); docs/monitoring.md lists them.
+
+    \b
+    Example:
+      chipq processor --metrics-port 9464 --health-port 8080
     """
     from chipq_pipelines.events.errors import ConfigError
     from chipq_pipelines.events.processor import run_processor
 
     try:
-        run_processor(health_port=health_port)
+        run_processor(health_port=health_port, metrics_port=metrics_port, metrics_addr=metrics_addr)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

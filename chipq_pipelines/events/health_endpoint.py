@@ -142,9 +142,11 @@ def health_endpoint(
         server.stop()
 
 
-async def serve_with_health(service: EventProcessorService, port: int, host: str = "0.0.0.0") -> None:
-    """``processor.serve(service)`` with ``/livez`` and ``/readyz`` served on ``port`` meanwhile."""
+async def serve_with_health(
+    service: EventProcessorService, port: int, host: str = "0.0.0.0", **serve_options: Any
+) -> None:
+    """``processor.serve(service, **serve_options)`` with ``/livez`` and ``/readyz`` served on ``port`` meanwhile."""
     from chipq_pipelines.events.processor import serve
 
     with health_endpoint(service, port, host):
-        await serve(service)
+        await serve(service, **serve_options)
