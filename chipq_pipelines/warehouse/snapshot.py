@@ -411,8 +411,12 @@ def open_snapshot(
                 raise
             time.sleep(0.02 * (attempt + 1))
             continue
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute("SET lock_configuration = true")
+        # DuckDB shares one database instance between the connections of a process to one file: a
+        # second reader finds the (global) settings already made and locked by the first.
+        ((locked,),) = conn.execute("SELECT current_setting('lock_configuration')").fetchall()
+        if not locked:
+            conn.execute("SET GLOBAL TimeZone = 'UTC'")
+            conn.execute("SET lock_configuration = true")
         return conn
     raise AssertionError("unreachable")
 

@@ -31,7 +31,7 @@ from chipq_pipelines.warehouse import (
     snapshot_age_seconds,
 )
 from chipq_pipelines.warehouse.samples import HOSTILE_LOT_IDS, INSPECTION_TOPIC, at, inspection_event
-from chipq_pipelines.warehouse.snapshot import INFO_TABLE, INTERNAL, KEPT_COPIES, copies_dir
+from chipq_pipelines.warehouse.snapshot import INFO_TABLE, INTERNAL, KEPT_COPIES, copies_dir, open_snapshot
 
 # Every landed offset is one row, so in a consistent snapshot these two numbers agree.
 CONSISTENCY_SQL = (
@@ -119,6 +119,24 @@ def test_snapshot_refuses_writes(warehouse: duckdb.DuckDBPyConnection, tmp_path:
     with pytest.raises(duckdb.Error):
         query_snapshot(snapshot_path, statement)
     assert query_snapshot(snapshot_path, "SELECT count(*) AS n FROM raw.inspection_events")["n"].tolist() == [1]
+
+
+def test_readers_of_one_process_share_the_locked_utc_configuration(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """A long-lived process (metrics server, tests) opens the view many times, also at once."""
+    snapshot = tmp_path / "analytics.duckdb"
+    publish_snapshot(warehouse, snapshot)
+    settings = "SELECT current_setting('TimeZone') AS tz, current_setting('lock_configuration') AS locked"
+    first = open_snapshot(snapshot)
+    try:
+        second = open_snapshot(snapshot)  # the same DuckDB instance: already configured and locked
+        assert second.execute(settings).fetchall() == [("UTC", True)]
+        second.close()
+        assert query_snapshot(snapshot, settings).values.tolist() == [["UTC", True]]
+    finally:
+        first.close()
+    assert query_snapshot(snapshot, settings).values.tolist() == [["UTC", True]]
 
 
 def test_publish_from_a_path_and_missing_snapshot(tmp_path: Path) -> None:
