@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from chipq_pipelines.local_kafka import LocalKafka, LocalKafkaError, kafka_version
+from chipq_pipelines.local_cluster import MAX_NODES, LocalKafkaCluster
+from chipq_pipelines.local_kafka import LocalKafka, LocalKafkaError, kafka_version, stop_brokers
 from chipq_pipelines.paths import ChipqHome
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ def kafka() -> None:
     Examples:
       chipq kafka up                    broker on 127.0.0.1:9092, with the platform's topics
       chipq kafka up --port 19092       another one (its own folder, kafka/broker-19092)
+      chipq kafka up --brokers 3        a 3-node cluster on 9092-9094 (replication 3, min.insync.replicas 2)
       chipq kafka status                every broker of this CHIPQ_HOME
       chipq kafka down                  stop them all (--port N: only that one)
     """
@@ -46,47 +48,87 @@ def _brokers(port: int | None) -> list[LocalKafka]:
 
 @kafka.command("up")
 @_port_option
-@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker to answer.")
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, MAX_NODES),
+    default=None,
+    help="Nodes: 1, or a KRaft cluster of N broker+controller nodes on --port and the N-1 ports after it "
+    "[default: as the broker on --port was first started, else 1].",
+)
+@click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for the broker(s) to answer.")
 @click.option("--no-topics", is_flag=True, help="Create no topics (a bare broker; `chipq topics create` later).")
-def kafka_up(port: int, timeout: float, no_topics: bool) -> None:
-    """Start a broker and create the platform's topics on it.
+def kafka_up(port: int, brokers: int | None, timeout: float, no_topics: bool) -> None:
+    """Start a broker (or a cluster) and create the platform's topics on it.
 
     Fetches the Kafka jars from Maven Central (once), formats storage (once),
     starts the broker and creates the topics declared in topics.yaml that it
-    lacks (event topics and their dead-letter topics; replication factor 1 on
-    one broker). Brokers never create topics on first use. Running it again is
-    harmless: it says what already runs and what already exists.
+    lacks (event topics and their dead-letter topics). On one broker they get
+    replication factor 1; with --brokers 3 the nodes share one cluster id and
+    one controller quorum, and topics (internal ones too) get replication
+    factor 3 and min.insync.replicas=2, so writes go on while one node is down.
+    Brokers never create topics on first use. Running it again is harmless: it
+    says what already runs and what already exists, and starts any node that
+    is down (with its data).
     """
     from chipq_pipelines.events.config import KafkaConfig
     from chipq_pipelines.events.errors import EventsError
 
     broker = LocalKafka.for_port(port)
     try:
-        started = broker.start(timeout=timeout)
+        cluster = LocalKafkaCluster.of(broker)
+        if cluster is None and brokers not in (None, 1):
+            cluster = LocalKafkaCluster.plan(port, brokers)
+        if cluster is not None and brokers not in (None, cluster.size):
+            raise LocalKafkaError(
+                f"127.0.0.1:{port} is a node of the {cluster.size}-node cluster on {cluster.bootstrap}, "
+                f"not of a {brokers}-node one: run `chipq kafka up --port {cluster.nodes[0].port}` for it, "
+                f"or pick another --port"
+            )
+        if cluster is not None:
+            bootstrap = cluster.bootstrap
+            started = cluster.start(timeout=timeout)
+            nodes = ", ".join(f"node {n.node_id} pid {n.pid()}" for n in cluster.nodes)
+            if started:
+                version = kafka_version(broker.lib_dir)
+                again = (
+                    ""
+                    if len(started) == cluster.size
+                    else f"; started node {', '.join(str(n.node_id) for n in started)}"
+                )
+                click.echo(f"Kafka {version} is up: {cluster.size} brokers at {bootstrap} ({nodes}){again}")
+            else:
+                click.echo(f"Kafka already runs: {cluster.size} brokers at {bootstrap} ({nodes}); nothing to do")
+        else:
+            bootstrap = broker.bootstrap
+            if broker.start(timeout=timeout):
+                click.echo(f"Kafka {kafka_version(broker.lib_dir)} is up at {bootstrap} (pid {broker.pid()})")
+            else:
+                click.echo(f"Kafka already runs at {bootstrap} (pid {broker.pid()}); nothing to do")
     except LocalKafkaError as exc:
         raise click.ClickException(str(exc)) from exc
-    if started:
-        click.echo(f"Kafka {kafka_version(broker.lib_dir)} is up at {broker.bootstrap} (pid {broker.pid()})")
-    else:
-        click.echo(f"Kafka already runs at {broker.bootstrap} (pid {broker.pid()}); nothing to do")
     if not no_topics:
         try:
-            _create(KafkaConfig(bootstrap_servers=broker.bootstrap), _declared(None), None)
+            _create(KafkaConfig(bootstrap_servers=bootstrap), _declared(None), None)
         except EventsError as exc:
             raise click.ClickException(f"the broker runs, but creating the topics failed: {exc}") from exc
-    click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}")
+    click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={bootstrap}")
 
 
 @kafka.command("down")
 @_any_port_option
 def kafka_down(port: int | None) -> None:
     """Stop the brokers started by `chipq kafka up` (SIGTERM, then SIGKILL); their data is kept."""
-    stopped = [broker for broker in _brokers(port) if broker.stop()]
+    stopped = stop_brokers(_brokers(port))  # all at once: a cluster's quorum must outlive its nodes' shutdown
     for broker in stopped:
         click.echo(f"Kafka at {broker.bootstrap} stopped")
     if not stopped:
         where = f"at 127.0.0.1:{port}" if port is not None else f"under {ChipqHome.from_env().root}"
         click.echo(f"no chipq broker was running {where}")
+
+
+def _node(broker: LocalKafka) -> str:
+    quorum = broker.quorum
+    return f"node {broker.node_id} of {len(quorum)}, " if quorum else ""
 
 
 @kafka.command("status")
@@ -100,9 +142,9 @@ def kafka_status(port: int | None) -> None:
     for broker in _brokers(port):
         if broker.is_running():
             running.append(broker)
-            click.echo(f"running {broker.bootstrap} (pid {broker.pid()}, log {broker.log_file})")
+            click.echo(f"running {broker.bootstrap} ({_node(broker)}pid {broker.pid()}, log {broker.log_file})")
         elif broker.instance_dir.exists():
-            click.echo(f"stopped {broker.bootstrap} ({broker.instance_dir})")
+            click.echo(f"stopped {broker.bootstrap} ({_node(broker)}{broker.instance_dir})")
     if running:
         click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={','.join(broker.bootstrap for broker in running)}")
         return

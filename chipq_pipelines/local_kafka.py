@@ -2,9 +2,11 @@
 
 The jars come from Maven Central through ``infra/kafka/pom.xml`` into a cache
 that is reused while the pom is unchanged. One combined KRaft node (broker +
-controller) runs per port; its storage is formatted once. The demo, the tests
-and CI all run against a broker started here (or an external cluster given in
-``KAFKA_BOOTSTRAP_SERVERS``).
+controller) runs per port; its storage is formatted once. A node is a broker
+of its own (a single-voter quorum) or one node of a local cluster
+(``chipq_pipelines.local_cluster``), as its ``instance.json`` records. The
+demo, the tests and CI all run against a broker started here (or an external
+cluster given in ``KAFKA_BOOTSTRAP_SERVERS``).
 """
 
 from __future__ import annotations
@@ -177,6 +179,40 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def quorum(self) -> list[dict[str, object]]:
+        """The nodes of this node's cluster as formatted (node_id, port, controller_port, directory_id);
+        empty for a broker of its own."""
+        try:
+            voters: list[dict[str, object]] = json.loads(self._meta_file.read_text()).get("quorum", [])
+        except (OSError, ValueError):
+            return []
+        return voters
+
+    @property
+    def node_id(self) -> int:
+        return next((int(str(v["node_id"])) for v in self.quorum if v["port"] == self.port), 1)
+
+    @property
+    def cluster_id(self) -> str | None:
+        try:
+            cluster_id = json.loads(self._meta_file.read_text()).get("cluster_id")
+        except (OSError, ValueError):
+            return None
+        return str(cluster_id) if cluster_id else None
+
+    @property
+    def is_formatted(self) -> bool:
+        """True once this broker's storage is formatted (it then keeps its cluster id and node id)."""
+        return (self.instance_dir / "data" / "meta.properties").exists()
+
+    def join_cluster(self, cluster_id: str, quorum: list[dict[str, object]]) -> None:
+        """Record this node's cluster (id and every node's ports) before its storage is first formatted."""
+        voter = next(v for v in quorum if v["port"] == self.port)
+        self.instance_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"controller_port": voter["controller_port"], "cluster_id": cluster_id, "quorum": quorum}
+        self._meta_file.write_text(json.dumps(meta))
+
+    @property
     def log_file(self) -> Path:
         return self.instance_dir / "broker.log"
 
@@ -238,19 +274,39 @@ class LocalKafka:
 
     def _write_config(self, controller_port: int) -> Path:
         template = (INFRA_DIR / "server.properties.template").read_text()
-        config = template.format(port=self.port, controller_port=controller_port, data_dir=self.instance_dir / "data")
+        quorum = self.quorum
+        replication = min(3, max(1, len(quorum)))
+        config = template.format(
+            port=self.port,
+            controller_port=controller_port,
+            data_dir=self.instance_dir / "data",
+            node_id=self.node_id,
+            quorum_bootstrap=",".join(f"127.0.0.1:{v['controller_port']}" for v in quorum)
+            or f"127.0.0.1:{controller_port}",
+            replication=replication,
+            min_isr=max(1, min(2, replication - 1)),
+        )
         path = self.instance_dir / "server.properties"
         path.write_text(config)
         return path
 
     def _format_storage(self, config: Path, meta: dict[str, object]) -> None:
-        if (self.instance_dir / "data" / "meta.properties").exists():
+        if self.is_formatted:
             return
-        cluster_id = subprocess.run(
-            self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True, text=True, check=True
-        ).stdout.strip()
+        if self.quorum:
+            # Every node of a cluster is formatted with the same cluster id and the same initial voters.
+            cluster_id = str(meta["cluster_id"])
+            voters = ",".join(
+                f"{v['node_id']}@127.0.0.1:{v['controller_port']}:{v['directory_id']}" for v in self.quorum
+            )
+            quorum_args = ["--initial-controllers", voters]
+        else:
+            cluster_id = subprocess.run(
+                self._java("kafka.tools.StorageTool", "random-uuid"), capture_output=True, text=True, check=True
+            ).stdout.strip()
+            quorum_args = ["--standalone"]
         proc = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id, "-c", str(config)),
+            self._java("kafka.tools.StorageTool", "format", *quorum_args, "-t", cluster_id, "-c", str(config)),
             capture_output=True,
             text=True,
         )
@@ -261,9 +317,21 @@ class LocalKafka:
 
     def start(self, timeout: float = START_TIMEOUT_S, quiet: bool = False) -> bool:
         """Start the broker and wait until it answers; False if it already ran."""
+        proc = self.launch(quiet=quiet)
+        if proc is None:
+            return False
+        self.wait_until_answering(proc, timeout)
+        return True
+
+    def launch(self, quiet: bool = False) -> subprocess.Popen[bytes] | None:
+        """Start the broker process without waiting for it to answer; None if it already runs.
+
+        The nodes of a cluster are launched together: none answers before a
+        majority of the quorum's controllers runs.
+        """
         if self.pid() is not None:
             if metadata_answers(self.bootstrap, timeout=10):
-                return False
+                return None
             raise LocalKafkaError(
                 f"a broker process (pid {self.pid()}) of {self.instance_dir} runs but does not answer on "
                 f"{self.bootstrap}; run `chipq kafka down --port {self.port}` and start again.\n{self.log_tail()}"
@@ -295,16 +363,24 @@ class LocalKafka:
                 start_new_session=True,  # outlives `chipq kafka up`; stopped by `down`
             )
         self._pid_file.write_text(f"{proc.pid}\n")
+        return proc
+
+    def wait_until_answering(
+        self, proc: subprocess.Popen[bytes] | None = None, timeout: float = START_TIMEOUT_S
+    ) -> None:
+        """Wait until the broker (``proc`` when this process launched it) answers metadata requests;
+        stop it and raise if it does not."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if (proc.poll() is not None) if proc is not None else (self.pid() is None):
                 self._pid_file.unlink(missing_ok=True)
+                code = proc.returncode if proc is not None else "?"
                 raise LocalKafkaError(
-                    f"the broker exited with code {proc.returncode} while starting. Last log lines "
+                    f"the broker exited with code {code} while starting. Last log lines "
                     f"({self.log_file}):\n{self.log_tail()}\nIf storage is damaged, delete {self.instance_dir}."
                 )
             if metadata_answers(self.bootstrap, timeout=1):
-                return True
+                return
             time.sleep(0.3)
         self.stop()
         raise LocalKafkaError(
@@ -316,23 +392,7 @@ class LocalKafka:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> bool:
         """SIGTERM the broker, SIGKILL it after ``timeout``; False if none ran."""
-        pid = self.pid()
-        if pid is None:
-            self._pid_file.unlink(missing_ok=True)
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(pid):
-            self._reap(pid)
-            time.sleep(0.2)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                self._reap(pid)
-                time.sleep(0.1)
-        self._reap(pid)
-        self._pid_file.unlink(missing_ok=True)
-        return True
+        return bool(stop_brokers([self], timeout))
 
     def kill(self) -> None:
         """SIGKILL the broker at once (fault injection); storage is kept."""
@@ -349,3 +409,33 @@ class LocalKafka:
         # When this process started the broker, collect its exit status.
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def stop_brokers(brokers: list[LocalKafka], timeout: float = STOP_TIMEOUT_S) -> list[LocalKafka]:
+    """SIGTERM every running broker of ``brokers`` at once, SIGKILL those still up after ``timeout``.
+
+    Returns the ones that ran. At once, because the nodes of a cluster shut
+    down cleanly only while their controller quorum has a majority: stopped
+    one after the other, the last ones would wait for a quorum that is gone.
+    """
+    running = [(broker, pid) for broker in brokers if (pid := broker.pid()) is not None]
+    for broker in brokers:
+        if all(broker is not other for other, _ in running):
+            broker._pid_file.unlink(missing_ok=True)
+    for _, pid in running:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(pid) for _, pid in running):
+        for _, pid in running:
+            LocalKafka._reap(pid)
+        time.sleep(0.2)
+    for _, pid in running:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                LocalKafka._reap(pid)
+                time.sleep(0.1)
+        LocalKafka._reap(pid)
+    for broker, _ in running:
+        broker._pid_file.unlink(missing_ok=True)
+    return [broker for broker, _ in running]

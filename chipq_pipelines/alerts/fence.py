@@ -22,10 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import duckdb
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
 from chipq_pipelines.alerts.sql import load as _sql
 from chipq_pipelines.events.config import KafkaConfig
+from chipq_pipelines.ingest.failover import watermark_offsets
 
 EndOffsets = dict[tuple[str, int], int]
 
@@ -45,7 +46,8 @@ def end_offsets(config: KafkaConfig, topics: Sequence[str], timeout_s: float = 1
             if metadata.error is not None:
                 raise RuntimeError(f"cannot read the partitions of {topic}: {metadata.error}")
             for partition in metadata.partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                # through a leader change: one broker of a cluster dying must not fail the run
+                _low, high = watermark_offsets(consumer, topic, partition)
                 ends[(topic, partition)] = high
         return ends
     finally:

@@ -17,6 +17,7 @@ from chipq_pipelines.checks.quality import RECENT_DAYS, lot_scope
 from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
+from chipq_pipelines.ingest.failover import committed_offsets, watermark_offsets
 from chipq_pipelines.ingest.reader import PIPELINE_GROUP
 from chipq_pipelines.warehouse.columns import CANARY_LOT_ID, CANARY_METADATA_KEY
 from chipq_pipelines.warehouse.landing import landed_offsets
@@ -150,14 +151,13 @@ def kafka_offsets(
             landed = landed_offsets(conn, topic)
             info = consumer.list_topics(topic, timeout=CALL_TIMEOUT_S).topics.get(topic)
             partitions = sorted(info.partitions) if info is not None and info.error is None else []
+            # both through a leader or coordinator change: one broker of a cluster dying is not a failed check
             committed = {
                 tp.partition: tp.offset
-                for tp in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=CALL_TIMEOUT_S)
+                for tp in committed_offsets(consumer, [TopicPartition(topic, p) for p in partitions])
             }
             for partition in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=CALL_TIMEOUT_S, cached=False
-                )
+                low, high = watermark_offsets(consumer, topic, partition)
                 next_offset = landed.get(partition)
                 position = max(next_offset if next_offset is not None else low, low)
                 lag = max(high - position, 0)

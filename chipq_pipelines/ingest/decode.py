@@ -36,6 +36,7 @@ from chipq_pipelines.events.errors import DeserializationError
 from chipq_pipelines.events.serialization import latest_reader_decoder
 from chipq_pipelines.gc_pause import cyclic_gc_paused
 from chipq_pipelines.ingest.client_errors import ClientErrors
+from chipq_pipelines.ingest.failover import watermark_offsets
 from chipq_pipelines.warehouse.prepare import PreparedBatch, prepare_batch
 from chipq_pipelines.warehouse.types import (
     KafkaCoordinates,
@@ -150,7 +151,7 @@ def read_chunks(
             # The low watermark of the fetch that jumped (librdkafka keeps each fetch's log start offset).
             low = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[0]
             if low < 0:
-                low = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0, cached=False)[0]
+                low = watermark_offsets(consumer, topic, partition)[0]
         if low > first:
             gap = OffsetGap(partition, first, min(stop, low) - 1)
             gaps.append(gap)
@@ -164,7 +165,7 @@ def read_chunks(
     for partition in sorted(remaining):
         start = next_offset[partition]
         if start > 0:  # records deleted before this run are found here, not left to the offset reset
-            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10.0, cached=False)
+            low, _ = watermark_offsets(consumer, topic, partition)
             if low > start:
                 skipped(partition, start, ends[partition], low)
                 next_offset[partition] = min(low, ends[partition])

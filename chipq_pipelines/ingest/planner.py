@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from chipq_pipelines.errors import ChipqError
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.ingest.client_errors import ClientErrors, KafkaAuthenticationError
+from chipq_pipelines.ingest.failover import committed_offsets, watermark_offsets
 from chipq_pipelines.ingest.reader import PIPELINE_GROUP
 
 #: Seconds any single metadata call of a sensor tick may take.
 CALL_TIMEOUT_S = 5.0
-
-
-# A new cluster creates __consumer_offsets on first use; coordinators move on failover.
-_COORDINATOR_MOVING = {
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-}
 
 
 __all__ = ["KafkaAuthenticationError", "TopicNotReady", "cap_ranges", "plan_ranges", "rewind_group"]
@@ -119,26 +111,11 @@ def _offsets(consumer: Consumer, topic: str) -> list[tuple[int, int, int, int]]:
         reason = info.error if info is not None and info.error is not None else "no partitions"
         raise TopicNotReady(f"topic {topic} is not available: {reason}")
     offsets = []
-    for tp in _committed(consumer, [TopicPartition(topic, p) for p in sorted(info.partitions)]):
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, tp.partition), timeout=CALL_TIMEOUT_S, cached=False
-        )
+    # Both ride out a leader or coordinator change (a new cluster also creates __consumer_offsets on first use).
+    for tp in committed_offsets(consumer, [TopicPartition(topic, p) for p in sorted(info.partitions)]):
+        low, high = watermark_offsets(consumer, topic, tp.partition)
         offsets.append((tp.partition, tp.offset, low, high))
     return offsets
-
-
-def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
-    """The group's committed offsets, riding out a coordinator that is still loading."""
-    deadline = time.monotonic() + 3 * CALL_TIMEOUT_S
-    while True:
-        try:
-            return list(consumer.committed(partitions, timeout=CALL_TIMEOUT_S))
-        except KafkaException as exc:
-            error = exc.args[0]
-            transient = error.retriable() or error.code() in _COORDINATOR_MOVING
-            if not transient or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 def cap_ranges(backlog: dict[int, tuple[int, int]], max_records: int) -> dict[int, tuple[int, int]]:

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from chipq_pipelines.ingest.decode import (
     read_chunks,
     worker_count,
 )
+from chipq_pipelines.ingest.failover import watermark_offsets
 from chipq_pipelines.warehouse.landing import land_prepared, landed_offsets, pending_partitions
 from chipq_pipelines.warehouse.types import LandingResult, OffsetGap, ValidationBounds
 
@@ -143,17 +143,13 @@ def ingest_ranges(
 
 
 def _low_watermark(consumer: Consumer, topic: str, partition: int, client_errors: ClientErrors) -> int:
-    """The partition's low watermark, asked in short tries so that a refused password shows within seconds."""
-    deadline = time.monotonic() + 10.0
-    while True:
-        try:
-            low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=1.0)
-            return int(low)
-        except KafkaException as exc:
-            consumer.poll(0.2)  # serves error_cb
-            client_errors.raise_if_authentication_failed(exc)
-            if time.monotonic() > deadline:
-                raise
+    """The partition's low watermark (through a leader change); a refused password shows within seconds."""
+
+    def refused(exc: KafkaException) -> None:
+        consumer.poll(0.2)  # serves error_cb
+        client_errors.raise_if_authentication_failed(exc)
+
+    return watermark_offsets(consumer, topic, partition, on_error=refused)[0]
 
 
 def _read_and_land(

@@ -39,6 +39,7 @@ from chipq_pipelines.environment import PipelineEnv
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.events.errors import PublishError
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
+from chipq_pipelines.local_cluster import LocalKafkaCluster, free_consecutive_ports
 from chipq_pipelines.local_kafka import LocalKafka, free_port, kafka_version
 from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 
@@ -221,11 +222,15 @@ def write_report(rows: list[Row], total_s: float) -> Path:
         "pipeline's DuckDB warehouse after the last catch-up, never from the pipeline's own counters.",
         "- Each case has its own topics, consumer group, CHIPQ_HOME and DAGSTER_HOME. The broker faults, the "
         "producer fault and SASL use brokers of their own (LocalKafka on a free port, temp instance dir, the "
-        "cached jars); the session broker is never killed.",
+        "cached jars); the 3-broker case a cluster of its own (`LocalKafkaCluster`, as `chipq kafka up --brokers 3` "
+        "starts it: replication 3, min.insync.replicas 2, 384 MB heap a node); the session broker is never killed.",
         "- Ingest crashes use `CHIPQ_FAULT_INJECT=after_landing`: the run exits hard (`os._exit(137)`) after the "
         "DuckDB transaction that lands rows + offsets and before offsets are committed to the Kafka group.",
         "- Broker faults are SIGKILL (no clean shutdown) followed by a restart on the same port and data dir, while "
-        "a producer thread keeps publishing and the pipeline keeps catching up.",
+        "a producer thread keeps publishing and the pipeline keeps catching up. On the 3-broker cluster the node "
+        "leading the most partitions is killed once while the library's producer publishes (acks=all, idempotent) "
+        "and once while `chipq catch-up` lands the backlog in small runs; any producer error reaching the caller "
+        "fails the case.",
         "- Throughput under analyst load = events landed per second of `catch_up` wall time, same event volume, "
         "without and with eight analyst processes querying the snapshot in a loop (2 cores shared).",
         f"- Soak: {SOAK_RATE} events/s for `CHIPQ_SOAK_SECONDS` (this run: {SOAK_SECONDS:g} s) into a pipeline "
@@ -263,6 +268,21 @@ def own_broker() -> Iterator[LocalKafka]:
     finally:
         broker.stop()
         shutil.rmtree(instance_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalKafkaCluster]:
+    """A 3-node KRaft cluster of this test alone (consecutive free ports, temp CHIPQ_HOME, cached jars)."""
+    root = Path(tempfile.mkdtemp(prefix="chipq-rel-cluster-"))
+    (root / "kafka").mkdir()
+    (root / "kafka" / "lib").symlink_to(KAFKA_LIB)
+    cluster = LocalKafkaCluster.plan(free_consecutive_ports(3), 3, ChipqHome(root), heap="384m")
+    try:
+        cluster.start(quiet=True)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ the soak
