@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ INTERNAL = ("ops.lot_days", "ops.mart_changes")
 #: Mutable tables numbered by ``change_seq``: rows changed since the watermark are replaced (key column).
 CHANGED_ROWS = {"ops.alert_outbox": "event_id"}
 INFO_TABLE = "snapshot_info"
+#: readers of this process configure a newly opened view one at a time (open_snapshot)
+_CONFIGURING = threading.Lock()
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
 
 
@@ -412,11 +415,13 @@ def open_snapshot(
             time.sleep(0.02 * (attempt + 1))
             continue
         # DuckDB shares one database instance between the connections of a process to one file: a
-        # second reader finds the (global) settings already made and locked by the first.
-        ((locked,),) = conn.execute("SELECT current_setting('lock_configuration')").fetchall()
-        if not locked:
-            conn.execute("SET GLOBAL TimeZone = 'UTC'")
-            conn.execute("SET lock_configuration = true")
+        # second reader finds the (global) settings already made and locked by the first. Readers
+        # opening it at the same moment take turns, or one would lock it between another's check and SET.
+        with _CONFIGURING:
+            ((locked,),) = conn.execute("SELECT current_setting('lock_configuration')").fetchall()
+            if not locked:
+                conn.execute("SET GLOBAL TimeZone = 'UTC'")
+                conn.execute("SET lock_configuration = true")
         return conn
     raise AssertionError("unreachable")
 
