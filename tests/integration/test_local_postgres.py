@@ -1,23 +1,27 @@
-"""The PostgreSQL server chipq starts itself for Dagster's storage in the tests."""
+"""The PostgreSQL server chipq starts itself, and `chipq dagster-home` pointing Dagster's storage at one."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import psycopg2
 import pytest
+import yaml
 
 from chipq_pipelines.local_kafka import free_port, port_is_free
 from chipq_pipelines.local_postgres import LocalPostgres, LocalPostgresError
+from chipq_pipelines.paths import REPO_ROOT
 from chipq_pipelines.warehouse.samples import HOSTILE_LOT_IDS
 
 pytestmark = pytest.mark.integration
-INSTALL_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "install-postgres.sh"
+INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-postgres.sh"
 
 
 @pytest.fixture
@@ -85,3 +89,87 @@ def test_as_root_it_names_the_missing_unprivileged_user(
     else:  # not root: the server runs as this user, whatever the variable says
         assert server.start() is True
         server.stop()
+
+
+# ------------------------------------------------------------ chipq dagster-home
+
+
+def _chipq(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chipq_pipelines.cli", *args], capture_output=True, text=True, env=env, timeout=180
+    )
+
+
+@dg.asset
+def probe_asset() -> int:
+    """A one-step asset: its run shows where the instance keeps runs."""
+    return 1
+
+
+def test_dagster_home_points_dagster_at_postgresql_and_back(
+    postgres_server: LocalPostgres, postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dagster_home = tmp_path / "dagster"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PG_")}
+    base.update(CHIPQ_HOME=str(tmp_path), DAGSTER_HOME=str(dagster_home))
+    pg_env = postgres_server.env(postgres_database)
+
+    shown = _chipq("dagster-home", env=base)
+    assert shown.returncode == 0, shown.stderr
+    assert f"DAGSTER_HOME {dagster_home}: runs, events, schedules and pools in sqlite" in shown.stdout
+    sqlite_yaml = (dagster_home / "dagster.yaml").read_text()
+
+    # Without the connection, or with a wrong password, nothing changes and the password is never echoed.
+    missing = _chipq("dagster-home", "--storage", "postgres", env=base)
+    assert missing.returncode == 1
+    assert "DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_USER, DAGSTER_PG_PASSWORD, DAGSTER_PG_DB" in missing.stderr
+    wrong = _chipq("dagster-home", "--storage", "postgres", env={**base, **pg_env, "DAGSTER_PG_PASSWORD": "nope-x7"})
+    assert wrong.returncode == 1
+    assert f"could not open its postgres storage in database {postgres_database}" in wrong.stderr
+    assert "nope-x7" not in wrong.stderr + wrong.stdout
+    assert (dagster_home / "dagster.yaml").read_text() == sqlite_yaml
+    assert not (dagster_home / "dagster.yaml.new").exists()
+
+    switched = _chipq("dagster-home", "--storage", "postgres", env={**base, **pg_env})
+    assert switched.returncode == 0, switched.stderr
+    where = f"in postgres (database {postgres_database} at 127.0.0.1:{postgres_server.port})"
+    assert where in switched.stdout and "switched from sqlite" in switched.stdout
+    text = (dagster_home / "dagster.yaml").read_text()
+    assert pg_env["DAGSTER_PG_PASSWORD"] not in text
+    settings = yaml.safe_load(text)
+    assert settings["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    assert settings["concurrency"] == yaml.safe_load(sqlite_yaml)["concurrency"]  # chipq's settings kept
+    assert settings["run_coordinator"]["class"] == "QueuedRunCoordinator"
+
+    # A run of that instance is a row of PostgreSQL, and no SQLite file appears.
+    for name, value in pg_env.items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        result = dg.materialize([probe_asset], instance=instance)
+    assert result.success
+    assert postgres_server.query(postgres_database, "SELECT status FROM runs WHERE run_id = %s", (result.run_id,)) == [
+        ("SUCCESS",)
+    ]
+    assert sorted(dagster_home.rglob("*.db")) == []
+
+    back = _chipq("dagster-home", "--storage", "sqlite", env={**base, **pg_env})
+    assert back.returncode == 0, back.stderr
+    assert "pools in sqlite" in back.stdout and "switched from postgres" in back.stdout
+    assert (dagster_home / "dagster.yaml").read_text() == sqlite_yaml
+
+
+def test_the_compose_instance_settings_open_on_a_real_postgresql(
+    postgres_server: LocalPostgres, postgres_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docker/dagster.yaml, as the compose stack's daemon reads it (only its fixed port 5432 moved to the test's)."""
+    settings = (REPO_ROOT / "docker" / "dagster.yaml").read_text()
+    assert settings.count("port: 5432") == 1
+    (tmp_path / "dagster.yaml").write_text(settings.replace("port: 5432", f"port: {postgres_server.port}"))
+    for name, value in postgres_server.env(postgres_database).items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        result = dg.materialize([probe_asset], instance=instance)
+    assert result.success
+    assert postgres_server.query(postgres_database, "SELECT status FROM runs WHERE run_id = %s", (result.run_id,)) == [
+        ("SUCCESS",)
+    ]
