@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12
 export CHIPQ_HOME ?= $(CURDIR)/.chipq
 export DAGSTER_HOME ?= $(CHIPQ_HOME)/dagster
 
-.PHONY: demo test lint unit install clean ui compose-plugin kubeconform chromium prometheus reliability
+.PHONY: demo test lint unit install clean ui compose-plugin kubeconform chromium prometheus postgres reliability
 
 # The docker client here may lack the compose plugin; the test that checks
 # docker-compose.yml then uses one built from the Go module proxy (once).
@@ -34,6 +34,11 @@ chromium:
 # Debian's Prometheus (server + promtool) for the monitoring tests; its system service stays off.
 prometheus:
 	@bash scripts/install-prometheus.sh
+
+# Debian's PostgreSQL server programs: the daemon test also runs on Dagster's PostgreSQL storage,
+# on a server the tests start and stop themselves (root: apt-get; no cluster of the package's own).
+postgres:
+	@bash scripts/install-postgres.sh
 
 compose-plugin:
 	@if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 && [ ! -x $(COMPOSE_PLUGIN) ]; then \
@@ -71,7 +76,7 @@ demo: install
 
 ## make test: lint, type-check the events library, run every test on a real broker
 ## (plus the short reliability cases: bad input, ingest crashes, producer fault, SASL)
-test: install lint compose-plugin kubeconform chromium prometheus
+test: install lint compose-plugin kubeconform chromium prometheus postgres
 	$(BIN)/pytest -ra -p no:cacheprovider -m "not reliability or short"
 
 ## make reliability: faults, bad input, load, a soak (CHIPQ_SOAK_SECONDS, default 600) alongside, and SASL;

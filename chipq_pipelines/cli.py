@@ -450,6 +450,51 @@ def demo_cmd(events: int, seed: int, port: int | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+@main.command("dagster-home")
+@click.option(
+    "--storage",
+    type=click.Choice(["sqlite", "postgres"]),
+    default=None,
+    help="Write chipq's dagster.yaml with this storage (postgres: connection from DAGSTER_PG_*).",
+)
+def dagster_home_cmd(storage: str | None) -> None:
+    """Show or choose where Dagster keeps runs, events, schedules and pools: SQLite or PostgreSQL.
+
+    Without --storage: print DAGSTER_HOME and its storage (creating chipq's dagster.yaml, SQLite,
+    if there is none). --storage postgres writes the same settings with PostgreSQL storage whose
+    connection Dagster reads from DAGSTER_PG_HOST, DAGSTER_PG_PORT, DAGSTER_PG_USER,
+    DAGSTER_PG_PASSWORD and DAGSTER_PG_DB each time it opens the instance; the file is swapped
+    in only after Dagster has connected and created its tables. Runs recorded in the previous
+    storage stay there and are not shown in the new one.
+
+    \b
+    Example:
+      export DAGSTER_PG_HOST=db.fab.local DAGSTER_PG_PORT=5432 DAGSTER_PG_USER=dagster \\
+             DAGSTER_PG_PASSWORD=... DAGSTER_PG_DB=dagster
+      chipq dagster-home --storage postgres
+    """
+    import os
+
+    from chipq_pipelines.dagster_storage import DagsterStorageError, storage_of, write_instance
+    from chipq_pipelines.runner import ensure_dagster_home
+
+    dagster_home = ensure_dagster_home()
+    before = storage_of(dagster_home)
+    if storage is not None:
+        try:
+            write_instance(dagster_home, storage)  # type: ignore[arg-type]
+        except DagsterStorageError as exc:
+            raise click.ClickException(str(exc)) from exc
+    now = storage_of(dagster_home)
+    where = ""
+    if now == "postgres":
+        where = f" (database {os.environ.get('DAGSTER_PG_DB')} at {os.environ.get('DAGSTER_PG_HOST')}:"
+        where += f"{os.environ.get('DAGSTER_PG_PORT')})"
+    click.echo(f"DAGSTER_HOME {dagster_home}: runs, events, schedules and pools in {now}{where}")
+    if now != before:
+        click.echo(f"switched from {before}: runs recorded there stay there and are not shown here")
+
+
 @main.command("home")
 def home() -> None:
     """Print where chipq keeps its local state."""

@@ -3,13 +3,16 @@
 The broker is the external cluster in ``KAFKA_BOOTSTRAP_SERVERS`` when that is
 set, otherwise one started by ``chipq_pipelines.local_kafka`` on a free port
 (jars cached under ``$CHIPQ_HOME``) and stopped when the session ends. A test
-that needs Kafka fails, never skips, when no broker can be had.
+that needs Kafka fails, never skips, when no broker can be had. Tests that keep
+Dagster's storage in PostgreSQL get a fresh database of one real server that
+the session starts when the first of them asks (``chipq_pipelines.local_postgres``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,9 +23,11 @@ import pytest
 from chipq_pipelines.environment import PIPELINE_ENV_VARS, PipelineEnv
 from chipq_pipelines.events.config import KafkaConfig
 from chipq_pipelines.local_kafka import LocalKafka, free_port, kafka_version, metadata_answers
-from chipq_pipelines.paths import ChipqHome
+from chipq_pipelines.local_postgres import LocalPostgres
+from chipq_pipelines.paths import REPO_ROOT, ChipqHome
 
 _BROKER_INFO: dict[str, str] = {}
+_POSTGRES_INFO: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +62,43 @@ def kafka_bootstrap() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def kafka_broker_info(kafka_bootstrap: str) -> dict[str, str]:
     return dict(_BROKER_INFO)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server on a free port of 127.0.0.1, in a temporary folder, for the session.
+
+    Debian's server programs are installed by the repo's script when missing (a fresh machine).
+    """
+    installed = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "install-postgres.sh")], capture_output=True, text=True
+    )
+    if installed.returncode != 0:
+        pytest.fail(f"PostgreSQL is needed and could not be installed:\n{installed.stdout}\n{installed.stderr}")
+    instance_dir = Path(tempfile.mkdtemp(prefix="chipq-test-postgres-"))
+    server = LocalPostgres(port=free_port(), instance_dir=instance_dir)
+    try:
+        server.start()
+    except Exception as exc:  # a test that needs PostgreSQL fails, it never skips
+        shutil.rmtree(instance_dir, ignore_errors=True)
+        pytest.fail(f"could not start the local PostgreSQL server: {exc}")
+    [(version,)] = server.query("postgres", "SHOW server_version")
+    _POSTGRES_INFO.update(origin=f"PostgreSQL {version} started by chipq ({instance_dir})", address=server.address)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(instance_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_database(postgres_server: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server (dropped afterwards)."""
+    name = postgres_server.create_database(f"chipq_test_{uuid.uuid4().hex[:12]}")
+    try:
+        yield name
+    finally:
+        postgres_server.drop_database(name)
 
 
 @pytest.fixture
@@ -113,3 +155,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _BROKER_INFO:
         terminalreporter.write_sep("-", "Kafka used by these tests")
         terminalreporter.write_line(f"{_BROKER_INFO['origin']} at {_BROKER_INFO['bootstrap']}")
+    if _POSTGRES_INFO:
+        terminalreporter.write_sep("-", "PostgreSQL used by these tests (Dagster's storage)")
+        terminalreporter.write_line(f"{_POSTGRES_INFO['origin']} at {_POSTGRES_INFO['address']}")

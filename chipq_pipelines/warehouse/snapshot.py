@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ INTERNAL = ("ops.lot_days", "ops.mart_changes")
 #: Mutable tables numbered by ``change_seq``: rows changed since the watermark are replaced (key column).
 CHANGED_ROWS = {"ops.alert_outbox": "event_id"}
 INFO_TABLE = "snapshot_info"
+#: readers of this process configure a newly opened view one at a time (open_snapshot)
+_CONFIGURING = threading.Lock()
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
 
 
@@ -412,13 +415,15 @@ def open_snapshot(
             time.sleep(0.02 * (attempt + 1))
             continue
         # DuckDB shares one database instance between the connections of a process to one file: a
-        # second reader finds the (global) settings already made and locked by the first.
-        try:
-            conn.execute("SET GLOBAL TimeZone = 'UTC'")
-            conn.execute("SET lock_configuration = true")
-        except duckdb.InvalidInputException as exc:
-            if "configuration has been locked" not in str(exc):
-                raise
+        # second reader finds the (global) settings already made and locked by the first (DuckDB tells
+        # only by refusing). Readers opening it at the same moment take turns.
+        with _CONFIGURING:
+            try:
+                conn.execute("SET GLOBAL TimeZone = 'UTC'")
+                conn.execute("SET lock_configuration = true")
+            except duckdb.InvalidInputException as exc:
+                if "configuration has been locked" not in str(exc):
+                    raise
         return conn
     raise AssertionError("unreachable")
 

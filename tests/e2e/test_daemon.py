@@ -3,11 +3,15 @@
 New events reach the marts and the analyst snapshot without `chipq catch-up`;
 while the daemon works, `chipq catch-up` and analysts' queries run alongside
 with zero DuckDB lock errors (one writer slot, analysts on the snapshot).
+The first test runs twice: on Dagster's default SQLite storage and on a real
+PostgreSQL, where the runs, their events, the sensor's ticks and the writer
+pool are then read back from PostgreSQL's own tables.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import signal
 import subprocess
@@ -22,7 +26,10 @@ import duckdb
 import pandas as pd
 import pytest
 
+from chipq_pipelines.dagster_storage import write_instance
+from chipq_pipelines.defs.shared import WRITER_POOL
 from chipq_pipelines.events.producers import SyncInspectionEventProducer
+from chipq_pipelines.local_postgres import LocalPostgres
 from chipq_pipelines.paths import REPO_ROOT
 from chipq_pipelines.runner import PID_TAG, ensure_dagster_home
 from chipq_pipelines.warehouse.snapshot import query_snapshot
@@ -30,6 +37,13 @@ from chipq_pipelines.warehouse.snapshot import query_snapshot
 pytestmark = pytest.mark.e2e
 
 DEADLINE_S = 300
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 def _events(lot: str, count: int, when: dt.datetime) -> list[dict]:
@@ -81,7 +95,139 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=30)
 
 
-def test_daemon_sensors_carry_new_events_to_the_marts_alongside_catch_up_and_analysts(pipeline_env, tmp_path) -> None:
+def _unfinished_runs(dagster_home: Path) -> int:
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        return len(instance.get_runs(dg.RunsFilter(statuses=UNFINISHED)))
+
+
+def _a_run_waits_while_the_pool_is_held(server: LocalPostgres, database: str, pipeline_env) -> None:
+    """With the one writer slot taken in PostgreSQL, the daemon's next run waits there; freed, it proceeds.
+
+    The slot is claimed through Dagster's own storage, as a step of another process would (waiting
+    its turn like one), under a run id no run has (the daemon frees slots of finished runs only).
+    """
+    holder = ("chipq-test-holds-the-writer-pool", "held")
+
+    def rows(sql: str, *params: object) -> list[tuple]:
+        return server.query(database, sql, params)
+
+    deadline = time.monotonic() + DEADLINE_S
+    with dg.DagsterInstance.from_config(str(pipeline_env.home / "dagster")) as instance:
+        storage = instance.event_log_storage
+        try:
+            while not storage.claim_concurrency_slot(WRITER_POOL, *holder).is_claimed:
+                assert time.monotonic() < deadline, "the writer slot never came free"
+                time.sleep(1)
+            with SyncInspectionEventProducer(pipeline_env.kafka_config, topic=pipeline_env.inspection_topic) as p:
+                p.publish_batch(
+                    _events("DAEMON-LOT-4", 20, dt.datetime.now(dt.UTC)), key_fn=lambda e: e["inspection_id"]
+                )
+            pending = "SELECT DISTINCT run_id FROM pending_steps WHERE concurrency_key = %s AND run_id <> %s"
+            while not rows(pending, WRITER_POOL, holder[0]):
+                assert time.monotonic() < deadline, "no run of the daemon came to wait for the writer pool"
+                time.sleep(1)
+            time.sleep(5)  # it keeps waiting: nothing of it starts while the slot is taken
+            waiting_runs = [run_id for (run_id,) in rows(pending, WRITER_POOL, holder[0])]
+            step_starts = (
+                "SELECT count(*), min(timestamp) FROM event_logs "
+                "WHERE run_id = ANY(%s) AND dagster_event_type = 'STEP_START'"
+            )
+            assert rows(step_starts, waiting_runs)[0][0] == 0, waiting_runs
+            holders = "SELECT run_id FROM concurrency_slots WHERE concurrency_key = %s AND NOT deleted"
+            assert rows(holders, WRITER_POOL) == [(holder[0],)]
+            assert "DAEMON-LOT-4" not in _lot_counts(pipeline_env.snapshot)
+            freed_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # event_logs keeps naive UTC
+        finally:
+            storage.free_concurrency_slot_for_step(*holder)
+    while _lot_counts(pipeline_env.snapshot).get("DAEMON-LOT-4") != 20:
+        assert time.monotonic() < deadline, "the waiting run did not land its events once the slot was free"
+        time.sleep(1)
+    [(started, first_start)] = rows(step_starts, waiting_runs)
+    assert started > 0 and first_start >= freed_at
+
+
+def _pooled_steps() -> set[str]:
+    """The step keys (top-level op names) of every job whose op runs in the writer pool."""
+    from chipq_pipelines.definitions import build_defs
+
+    repository = build_defs().get_repository_def()
+    return {
+        node.name
+        for job in repository.get_all_jobs()
+        for node in job.graph.nodes
+        if node.definition.pool == WRITER_POOL
+    }
+
+
+def _assert_dagster_state_in_postgres(server: LocalPostgres, database: str, dagster_home: Path) -> None:
+    """Runs, events, sensor ticks and the writer pool are rows of PostgreSQL; two runs never held the pool at once."""
+
+    def rows(sql: str, *params: object) -> list[tuple]:
+        return server.query(database, sql, params)
+
+    runs = rows(
+        "SELECT r.run_id, r.status, EXISTS (SELECT 1 FROM run_tags t WHERE t.run_id = r.run_id AND t.key = %s) "
+        "FROM runs r WHERE r.pipeline_name = 'pipeline_cycle'",
+        PID_TAG,
+    )
+    daemon_runs = {run_id for run_id, _, by_catch_up in runs if not by_catch_up}
+    assert any(status == "SUCCESS" for run_id, status, _ in runs if run_id in daemon_runs), runs
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:  # Dagster's view is these rows
+        assert {run.run_id for run in instance.get_runs(dg.RunsFilter(job_name="pipeline_cycle"))} == {
+            run_id for run_id, _, _ in runs
+        }
+    # The queued run coordinator ran there: each daemon run was enqueued, and its heartbeat is a row too.
+    enqueued = {
+        run_id for (run_id,) in rows("SELECT run_id FROM event_logs WHERE dagster_event_type = 'PIPELINE_ENQUEUED'")
+    }
+    assert daemon_runs <= enqueued
+    daemons = {daemon for (daemon,) in rows("SELECT daemon_type FROM daemon_heartbeats")}
+    assert {"SENSOR", "QUEUED_RUN_COORDINATOR"} <= daemons
+    landed = rows(
+        "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND asset_key LIKE %s",
+        '%"raw", "inspection_events"%',
+    )
+    assert landed[0][0] >= len(daemon_runs)
+    ticks = rows(
+        "SELECT count(*) FROM job_ticks t JOIN jobs j ON j.job_origin_id = t.job_origin_id "
+        "WHERE t.type = 'SENSOR' AND j.job_body LIKE '%kafka_offsets_sensor%'"
+    )
+    assert ticks[0][0] > 0, "the offsets sensor's ticks are not in PostgreSQL"
+    # Nothing went to SQLite files under DAGSTER_HOME.
+    assert sorted(dagster_home.rglob("*.db")) == []
+
+    # The pool: one slot, kept in PostgreSQL, and no two steps of the pool ever ran at the same time.
+    assert rows('SELECT concurrency_key, "limit" FROM concurrency_limits') == [(WRITER_POOL, 1)]
+    assert rows("SELECT count(*) FROM concurrency_slots WHERE concurrency_key = %s AND NOT deleted", WRITER_POOL) == [
+        (1,)
+    ]
+    pooled = _pooled_steps()
+    spans: dict[tuple[str, str], list] = {}
+    for run_id, step_key, event_type, when in rows(
+        "SELECT run_id, step_key, dagster_event_type, timestamp FROM event_logs "
+        "WHERE dagster_event_type IN ('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE') ORDER BY id"
+    ):
+        span = spans.setdefault((run_id, step_key), [None, None])
+        span[0 if event_type == "STEP_START" else 1] = when
+    held = sorted((start, end, run_id, step) for (run_id, step), (start, end) in spans.items() if step in pooled)
+    assert len({run_id for _, _, run_id, _ in held}) >= 2, held
+    for (_, end, run_id, step), (start, _, next_run, next_step) in itertools.pairwise(held):
+        assert end is not None and end <= start, (
+            f"{run_id}/{step} still held {WRITER_POOL} when {next_run}/{next_step} began"
+        )
+
+
+@pytest.mark.parametrize("storage", ["sqlite", "postgres"])
+def test_daemon_sensors_carry_new_events_to_the_marts_alongside_catch_up_and_analysts(
+    storage, pipeline_env, tmp_path, request, monkeypatch
+) -> None:
+    dagster_home = pipeline_env.home / "dagster"
+    if storage == "postgres":
+        server: LocalPostgres = request.getfixturevalue("postgres_server")
+        database: str = request.getfixturevalue("postgres_database")
+        for name, value in server.env(database).items():
+            monkeypatch.setenv(name, value)
+        write_instance(dagster_home, "postgres")
     ensure_dagster_home()
     env = {**os.environ, **pipeline_env.env}
     daemon_log = tmp_path / "daemon.log"
@@ -128,6 +274,13 @@ def test_daemon_sensors_carry_new_events_to_the_marts_alongside_catch_up_and_ana
             assert daemon.poll() is None, daemon_log.read_text()[-3000:]
             time.sleep(2)
         assert _lot_counts(pipeline_env.snapshot) == expected, daemon_log.read_text()[-3000:]
+        # The run that published the view ends a moment later: let it, so the daemon stops idle.
+        while time.monotonic() < deadline and _unfinished_runs(dagster_home):
+            time.sleep(1)
+        if storage == "postgres":
+            _a_run_waits_while_the_pool_is_held(server, database, pipeline_env)
+            while time.monotonic() < deadline and _unfinished_runs(dagster_home):
+                time.sleep(1)
     finally:
         stop_queries.set()
         reader.join(timeout=10)
@@ -137,6 +290,10 @@ def test_daemon_sensors_carry_new_events_to_the_marts_alongside_catch_up_and_ana
     log_text = daemon_log.read_text()
     assert "Could not set lock" not in log_text and "Conflicting lock" not in log_text
     assert "lock" not in catch_up.stderr.lower()
+    if storage == "postgres":
+        _assert_dagster_state_in_postgres(server, database, dagster_home)
+    else:  # the check above can tell: SQLite storage is files under DAGSTER_HOME
+        assert sorted(dagster_home.rglob("*.db"))
 
 
 def _stream_event(index: int, when: dt.datetime) -> dict:

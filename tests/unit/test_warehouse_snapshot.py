@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +138,34 @@ def test_readers_of_one_process_share_the_locked_utc_configuration(
     finally:
         first.close()
     assert query_snapshot(snapshot, settings).values.tolist() == [["UTC", True]]
+
+
+def test_readers_of_one_process_opening_the_view_at_the_same_moment_all_succeed(
+    warehouse: duckdb.DuckDBPyConnection, tmp_path: Path
+) -> None:
+    """Threads racing to open a view nobody holds: one configures and locks it, none fails on the lock."""
+    snapshot = tmp_path / "analytics.duckdb"
+    publish_snapshot(warehouse, snapshot)
+    settings = "SELECT current_setting('TimeZone') AS tz, current_setting('lock_configuration') AS locked"
+    errors: list[str] = []
+    seen: list[list[object]] = []
+
+    def reader(start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            seen.append(query_snapshot(snapshot, settings).values.tolist()[0])
+        except duckdb.Error as exc:
+            errors.append(repr(exc))
+
+    for _ in range(30):  # each round starts from a closed view: DuckDB drops the instance with its last connection
+        start = threading.Barrier(4)
+        threads = [threading.Thread(target=reader, args=(start,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert seen == [["UTC", True]] * 120
 
 
 def test_publish_from_a_path_and_missing_snapshot(tmp_path: Path) -> None:
