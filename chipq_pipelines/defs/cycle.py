@@ -71,14 +71,17 @@ def _in_flight(context: dg.SensorEvaluationContext) -> list[dg.DagsterRun]:
 
 
 def _reported_landed(context: dg.SensorEvaluationContext, asset_key: dg.AssetKey) -> dict[int, int]:
-    """partition → next offset, as the newest ingest of ``asset_key`` that read anything reported it."""
-    records = context.instance.fetch_materializations(asset_key, limit=5, ascending=False).records
-    for record in records:
-        materialization = record.asset_materialization
-        landed = materialization.metadata.get("landed_offsets") if materialization else None
-        if landed is not None and isinstance(landed.value, dict):
-            return {int(p): int(o) for p, o in landed.value.items()}
-    return {}
+    """partition → next offset, as the newest ingest of ``asset_key`` reported it (none: no hint).
+
+    Only the newest: an older one may describe a warehouse deleted since (a rebuild), whose
+    offsets would make the planner pass over records the new warehouse has not landed.
+    """
+    records = context.instance.fetch_materializations(asset_key, limit=1, ascending=False).records
+    materialization = records[0].asset_materialization if records else None
+    landed = materialization.metadata.get("landed_offsets") if materialization else None
+    if landed is None or not isinstance(landed.value, dict):
+        return {}
+    return {int(p): int(o) for p, o in landed.value.items()}
 
 
 def _planned_ends(run: dg.DagsterRun, step: str) -> dict[int, int]:
