@@ -313,9 +313,16 @@ class AvroSerializer:
         prefix_schema_id_deserializer(prefix, None, framing)
         schema_id = framing.id
         if not self.config.schema_registry_url:
-            raise SchemaRegistryUnavailableError(
-                f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured: "
-                "set SCHEMA_REGISTRY_URL to the registry its producer used",
+            if self._reads_as_a_known_event(raw[CONFLUENT_HEADER_SIZE:]):
+                # A real event framed for a registry: the configuration is wrong, not the record.
+                raise SchemaRegistryUnavailableError(
+                    f"a Confluent-framed record (schema id {schema_id}) but no schema registry is configured: "
+                    "set SCHEMA_REGISTRY_URL to the registry its producer used",
+                    raw,
+                )
+            raise SchemaNotFoundError(
+                f"a record starting with the Confluent magic byte (schema id {schema_id}) that is no chipq "
+                "event, and no SCHEMA_REGISTRY_URL to ask about it",
                 raw,
             )
         try:
@@ -335,6 +342,23 @@ class AvroSerializer:
         with self._lock:
             plan = self._framed_plans[prefix] = self._plan(writer)
         return plan
+
+
+    def _reads_as_a_known_event(self, body: bytes) -> bool:
+        """Whether ``body`` decodes, to its last byte, as a record of some schema in the catalog.
+
+        Without a registry this tells a real event framed for one (a configuration to fix: the
+        run must fail) from garbage that happens to start with a zero byte (poison: rejected).
+        """
+        for known in self._catalog:
+            buffer = io.BytesIO(body)
+            try:
+                event = schemaless_reader(buffer, known.parsed, None)
+            except Exception:
+                continue
+            if isinstance(event, dict) and buffer.tell() == len(body) and event.get("event_id"):
+                return True
+        return False
 
 
 _decoders: dict[str | None, AvroSerializer] = {}

@@ -133,6 +133,9 @@ def test_decoder_without_registry_accepts_single_object_and_one_with_registry_ac
     with pytest.raises(SchemaRegistryUnavailableError, match="set SCHEMA_REGISTRY_URL") as caught:
         AvroSerializer(load_schema("inspection", 1), config=PLAIN).decode(framed)
     assert not isinstance(caught.value, DeserializationError) and caught.value.raw == framed
+    # garbage that merely starts with the Confluent magic byte is poison, registry or not
+    with pytest.raises(SchemaNotFoundError, match="no chipq event"):
+        AvroSerializer(load_schema("inspection", 1), config=PLAIN).decode(b"\x00\x00\x00\x00\x07trunc")
 
 
 def test_an_unreachable_registry_is_unavailable_and_an_unknown_id_is_poison() -> None:
