@@ -343,7 +343,6 @@ class AvroSerializer:
             plan = self._framed_plans[prefix] = self._plan(writer)
         return plan
 
-
     def _reads_as_a_known_event(self, body: bytes) -> bool:
         """Whether ``body`` decodes, to its last byte, as a record of some schema in the catalog.
 
