@@ -9,6 +9,7 @@ import pytest
 
 from chipq_pipelines.paths import REPO_ROOT
 from chipq_pipelines.warehouse import (
+    OffsetGap,
     RejectedRecord,
     connect,
     ensure_schema,
@@ -18,6 +19,8 @@ from chipq_pipelines.warehouse import (
     query_snapshot,
     rewrite_all_marts,
 )
+from chipq_pipelines.warehouse.landing import land_prepared
+from chipq_pipelines.warehouse.prepare import prepare_batch
 from chipq_pipelines.warehouse.samples import QUALITY_TOPIC, at, land_stream, quality_event, random_stream
 
 ANALYSTS_DOC = REPO_ROOT / "docs" / "analysts.md"
@@ -36,6 +39,10 @@ def sample_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
             offset_ranges={0: (0, 2)},
             quality_events=[(quality_event(), at(0, 0, QUALITY_TOPIC))],
             rejected=[RejectedRecord(QUALITY_TOPIC, 0, 1, None, b"\x00garbage", "SerializationError: bad magic")],
+        )
+        # offsets 2..4 deleted by retention before they landed
+        land_prepared(
+            conn, topic=QUALITY_TOPIC, offset_ranges={0: (2, 5)}, batch=prepare_batch(), gaps=[OffsetGap(0, 2, 4)]
         )
         rewrite_all_marts(conn)
         publish_snapshot(conn, root / "analytics.duckdb")

@@ -63,6 +63,7 @@ def test_schema_is_idempotent_and_every_analyst_column_is_commented(conn: duckdb
     assert sorted(name for (name,) in names) == [
         "marts.defect_rates",
         "marts.lot_quality_scores",
+        "ops.alert_fence",
         "ops.alert_outbox",
         "ops.alert_state",
         "ops.canaries",
