@@ -130,6 +130,7 @@ def kafka_offsets(
     topics: list[str],
     max_stall_seconds: float,
     group_id: str = PIPELINE_GROUP,
+    gaps: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per topic partition: watermarks, landed offset, the group's offset, lag, unacknowledged gaps, verdict.
 
@@ -138,13 +139,14 @@ def kafka_offsets(
     records them as a gap); ``stalled``; ``landed beyond the high watermark``; and
     ``GROUP_BEHIND`` when the ``chipq-dagster`` group's committed offset is below the landed
     one (nothing lost: the planner plans from the landed offsets, but lag tools see a false lag).
+    ``gaps``: the caller's ``unacknowledged_gaps(conn)``, when it has read them already.
     """
     consumer = Consumer(kafka.librdkafka_config(**{"group.id": group_id, "enable.auto.commit": False, "log_level": 3}))
     now_ms = dt.datetime.now(dt.UTC).timestamp() * 1000
-    gaps: dict[tuple[str, int], int] = {}
-    for gap in unacknowledged_gaps(conn):
+    gap_records: dict[tuple[str, int], int] = {}
+    for gap in unacknowledged_gaps(conn) if gaps is None else gaps:
         key = (gap["topic"], gap["partition"])
-        gaps[key] = gaps.get(key, 0) + int(gap["records"])
+        gap_records[key] = gap_records.get(key, 0) + int(gap["records"])
     rows = []
     try:
         for topic in topics:
@@ -162,9 +164,9 @@ def kafka_offsets(
                 position = max(next_offset if next_offset is not None else low, low)
                 lag = max(high - position, 0)
                 age = _record_age_seconds(consumer, topic, partition, position, now_ms) if lag else None
-                gap_records = gaps.get((topic, partition), 0)
+                unacknowledged = gap_records.get((topic, partition), 0)
                 group_offset = committed.get(partition, -1)
-                if gap_records or (next_offset is not None and next_offset < low):
+                if unacknowledged or (next_offset is not None and next_offset < low):
                     verdict = "records deleted before landing"
                 elif (next_offset or 0) > high:
                     verdict = "landed beyond the high watermark"
@@ -184,7 +186,7 @@ def kafka_offsets(
                         "group_offset": group_offset if group_offset >= 0 else None,
                         "lag": lag,
                         "oldest_unlanded_age_s": None if age is None else round(age, 1),
-                        "unacknowledged_gap_records": gap_records,
+                        "unacknowledged_gap_records": unacknowledged,
                         "verdict": verdict,
                     }
                 )

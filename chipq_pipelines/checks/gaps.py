@@ -19,14 +19,13 @@ import pandas as pd
 
 from chipq_pipelines.checks.sql import load as _sql
 from chipq_pipelines.errors import ChipqError
-from chipq_pipelines.warehouse.schema import connect, ensure_schema, transaction
+from chipq_pipelines.warehouse.schema import connect, ensure_schema, is_lock_error, transaction
 from chipq_pipelines.warehouse.snapshot import open_snapshot, publish_snapshot
 
 GAP_COLUMNS = [
     "topic", "partition", "first_offset", "last_offset", "records", "detected_at",
     "acknowledged_at", "acknowledged_by", "note",
 ]  # fmt: skip
-_LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
 
 
 class GapAcknowledgementError(ChipqError, RuntimeError):
@@ -54,7 +53,7 @@ def _open_writer(warehouse_path: Path, timeout_s: float) -> duckdb.DuckDBPyConne
         try:
             return connect(warehouse_path)
         except duckdb.IOException as exc:
-            if not any(marker in str(exc) for marker in _LOCK_MARKERS) or time.monotonic() > deadline:
+            if not is_lock_error(exc) or time.monotonic() > deadline:
                 raise GapAcknowledgementError(
                     f"the warehouse {warehouse_path} stayed busy for {timeout_s:.0f} s (a pipeline run holds it); "
                     "try again, or with a longer --timeout"

@@ -24,6 +24,15 @@ def _ddl_names() -> list[str]:
     return sorted(f.name.removesuffix(".sql") for f in files if f.name.startswith("ddl_") and f.name.endswith(".sql"))
 
 
+#: How DuckDB says that another process holds a file (there is no error class of its own).
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB refusing a file that another process holds."""
+    return any(marker in str(exc) for marker in _LOCK_MARKERS)
+
+
 def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse at ``path`` (created if missing) with the session in UTC.
 

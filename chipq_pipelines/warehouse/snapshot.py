@@ -41,7 +41,7 @@ import duckdb
 import pandas as pd
 
 from chipq_pipelines.warehouse.reader_limits import ReaderLimits
-from chipq_pipelines.warehouse.schema import connect, ensure_schema, transaction
+from chipq_pipelines.warehouse.schema import connect, ensure_schema, is_lock_error, transaction
 
 SNAPSHOT_SCHEMAS = ("raw", "ops", "marts")
 #: Copies kept beside the current one when nobody holds them (more appear only while readers hold them).
@@ -66,7 +66,6 @@ CHANGED_ROWS = {"ops.alert_outbox": "event_id"}
 INFO_TABLE = "snapshot_info"
 #: readers of this process configure a newly opened view one at a time (open_snapshot)
 _CONFIGURING = threading.Lock()
-_LOCK_MARKERS = ("Could not set lock", "Conflicting lock")
 
 
 @dataclass(frozen=True)
@@ -100,10 +99,6 @@ def _qualified(catalog: str, table: str) -> str:
 def copies_dir(snapshot_path: Path) -> Path:
     """Where the copies behind the snapshot link live: ``<snapshot>.d/``."""
     return snapshot_path.with_name(snapshot_path.name + ".d")
-
-
-def _is_lock_error(exc: BaseException) -> bool:
-    return any(marker in str(exc) for marker in _LOCK_MARKERS)
 
 
 def _current_copy(snapshot_path: Path) -> Path | None:
@@ -193,7 +188,7 @@ def _attach(conn: duckdb.DuckDBPyConnection, path: Path, alias: str) -> bool:
     try:
         conn.execute(f"ATTACH {_sql_literal(str(path))} AS {alias}")
     except duckdb.Error as exc:
-        if _is_lock_error(exc):
+        if is_lock_error(exc):
             return False
         raise
     return True
@@ -410,7 +405,7 @@ def open_snapshot(
         try:
             conn = duckdb.connect(str(path), read_only=True, config=config)
         except duckdb.Error as exc:
-            if not _is_lock_error(exc) or attempt == attempts - 1:
+            if not is_lock_error(exc) or attempt == attempts - 1:
                 raise
             time.sleep(0.02 * (attempt + 1))
             continue

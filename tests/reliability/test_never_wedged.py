@@ -7,9 +7,6 @@ duplicated read from the warehouse) and runs in `make test` too (``short``).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +30,10 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from chipq_pipelines.cli import main as chipq
 from chipq_pipelines.definitions import build_defs
 from chipq_pipelines.events.config import KafkaConfig
-from chipq_pipelines.events.producers import SyncInspectionEventProducer
 from chipq_pipelines.events.schemas import INSPECTION, load_schema
 from chipq_pipelines.events.serialization import AvroSerializer
 from chipq_pipelines.local_kafka import LocalKafka, free_port
-from chipq_pipelines.paths import REPO_ROOT, ChipqHome
+from chipq_pipelines.paths import ChipqHome
 from chipq_pipelines.runner import catch_up, ensure_dagster_home
 
 pytestmark = [pytest.mark.reliability, pytest.mark.short]
@@ -72,28 +68,12 @@ def _events(prefix: str, lots: int = 3, chips: int = 10, score: float = 0.95) ->
     ]
 
 
-def _publish(env, events: list[dict[str, Any]]) -> None:
-    with SyncInspectionEventProducer(env.kafka_config, topic=env.inspection_topic) as producer:
-        producer.publish_batch(events, key_fn=lambda e: e["inspection_id"])
-
-
 def _query(env, sql: str, params: list[Any] | None = None) -> list[tuple]:
     conn = duckdb.connect(str(env.warehouse), read_only=True)
     try:
         return conn.execute(sql, params or []).fetchall()
     finally:
         conn.close()
-
-
-def _cli_catch_up(env) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chipq_pipelines.cli", "catch-up"],
-        env={**os.environ, **env.env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-    )
 
 
 def _reconciled() -> dg.AssetCheckEvaluation:
@@ -124,13 +104,13 @@ def test_blank_and_control_character_lot_ids_are_rejected_and_everything_else_co
     from confluent_kafka import Producer
 
     raw = Producer({"bootstrap.servers": pipeline_env.bootstrap, "enable.idempotence": True})
-    _publish(pipeline_env, good[:15])
+    rel.publish(pipeline_env, good[:15])
     for event in bad:
         raw.produce(pipeline_env.inspection_topic, value=serializer.serialize(event), key=b"bad")
     assert raw.flush(30) == 0
-    _publish(pipeline_env, good[15:])
+    rel.publish(pipeline_env, good[15:])
 
-    finished = _cli_catch_up(pipeline_env)
+    finished = rel.catch_up_subprocess(pipeline_env)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
 
     lots = {lot for (lot,) in _query(pipeline_env, "SELECT lot_id FROM marts.lot_quality_scores")}
@@ -176,11 +156,11 @@ def _watermarks(env) -> dict[int, tuple[int, int]]:
 def test_records_deleted_before_landing_are_recorded_as_exact_gaps_until_acknowledged(pipeline_env, rel, row) -> None:
     prefix = f"GAP-{uuid.uuid4().hex[:6]}"
     first = _events(f"{prefix}-a", lots=3)
-    _publish(pipeline_env, first)
+    rel.publish(pipeline_env, first)
     catch_up(defs=build_defs(), echo=print)
     landed = {p: high for p, (_, high) in _watermarks(pipeline_env).items()}
     second = _events(f"{prefix}-b", lots=6)
-    _publish(pipeline_env, second)
+    rel.publish(pipeline_env, second)
     highs = {p: high for p, (_, high) in _watermarks(pipeline_env).items()}
     new = {p: highs[p] - landed[p] for p in highs}
     partial, whole = sorted(new, key=lambda p: -new[p])[:2]
@@ -285,7 +265,7 @@ def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(
     for future in admin.create_acls(_group_acls(env.group)).values():
         future.result(timeout=30)
     events = _events(f"ACL-{uuid.uuid4().hex[:6]}", lots=10, chips=20)  # 200 events: at least 5 runs of 40
-    _publish(env, events)
+    rel.publish(env, events)
 
     report = catch_up(defs=build_defs(), echo=print, max_rounds=40)
     counts = rel.tally(env, {e["event_id"] for e in events})
@@ -316,6 +296,6 @@ def test_refused_offset_commits_neither_livelock_the_planner_nor_pass_unseen(
     )
     for future in admin.delete_acls([every_group_acl]).values():
         future.result(timeout=30)
-    _publish(env, _events(f"ACL2-{uuid.uuid4().hex[:6]}", lots=1, chips=3))
+    rel.publish(env, _events(f"ACL2-{uuid.uuid4().hex[:6]}", lots=1, chips=3))
     catch_up(defs=build_defs(), echo=print, max_rounds=10)
     assert _reconciled().passed

@@ -73,17 +73,6 @@ def registry() -> Iterator[LocalRegistry]:
         shutil.rmtree(instance_dir, ignore_errors=True)
 
 
-def _catch_up(env) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "chipq_pipelines.cli", "catch-up"],
-        env={**os.environ, **env.env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-    )
-
-
 def _counts(env) -> tuple[int, int]:
     if not env.warehouse.exists():
         return 0, 0
@@ -114,7 +103,7 @@ def test_registry_down_then_up_rejects_nothing_and_lands_everything(
             published.add(event_id)
     registry.stop()
 
-    down = _catch_up(env)
+    down = rel.catch_up_subprocess(env)
     assert down.returncode != 0
     assert "schema registry could not say" in down.stdout + down.stderr
     assert _counts(env) == (0, 0)  # nothing landed, nothing rejected: the next run retries
@@ -133,7 +122,7 @@ def test_registry_down_then_up_rejects_nothing_and_lands_everything(
     assert metrics["messages_dead_lettered"] == 0
     assert metrics["registry_waits"] >= 1
 
-    up = _catch_up(env)
+    up = rel.catch_up_subprocess(env)
     assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
     assert _counts(env) == (EVENTS, 0)
     counts = rel.tally(env, published)

@@ -250,8 +250,8 @@ def kafka_offsets_reconciled(
 ) -> dg.AssetCheckResult:
     topics = [kafka.inspection_topic, kafka.quality_topic]
     with warehouse.connect() as conn:
-        rows = flow.kafka_offsets(kafka.config(), conn, topics, config.max_stall_seconds, kafka.pipeline_group)
         gaps = flow.unacknowledged_gaps(conn)
+        rows = flow.kafka_offsets(kafka.config(), conn, topics, config.max_stall_seconds, kafka.pipeline_group, gaps)
     bad = [r for r in rows if r["verdict"] != "ok"]
     lost = [r for r in bad if r["verdict"] in flow.LOSS_VERDICTS]
     table = pd.DataFrame(rows)
