@@ -586,6 +586,21 @@ def catch_up_until_ok(deadline_s: float = 120.0) -> tuple[Any, list[str]]:
             time.sleep(1.0)
 
 
+def count_publisher_row(row: Row, env: PipelineEnv, acked: set[str], failed: set[str]) -> None:
+    """Fill ``row`` for a stream whose producer reported ``acked`` and ``failed`` ids.
+
+    Sent and lost count only what Kafka acknowledged; rejected and duplicated count every id sent
+    (a record the producer gave up on may still have landed, once).
+    """
+    everything = tally(env, acked | failed)
+    acknowledged = tally(env, acked)
+    row.sent = len(acked)
+    row.landed = acknowledged.landed_ids
+    row.rejected = everything.rejected
+    row.lost = acknowledged.lost
+    row.duplicated = everything.duplicated
+
+
 def catch_up_subprocess(env: PipelineEnv, timeout: float = 300, **extra_env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "chipq_pipelines.cli", "catch-up"],
@@ -613,6 +628,7 @@ def rel() -> SimpleNamespace:
         publish=publish,
         publish_acked=publish_acked,
         tally=tally,
+        count_publisher_row=count_publisher_row,
         high_watermarks=high_watermarks,
         catch_up=catch_up_in_process,
         catch_up_until_ok=catch_up_until_ok,

@@ -170,14 +170,8 @@ def test_broker_of_three_sigkilled_mid_publish_and_mid_ingest(own_cluster, make_
     in_sync2_s = _wait(_fully_in_sync(admin, topic, 3), 120, "the second node back in sync")
     report, retry_errors = rel.catch_up_until_ok(120)
 
-    counts = rel.tally(env, publisher.acked | publisher.failed)
-    acked = rel.tally(env, publisher.acked)
     row.repetitions = 2
-    row.sent = len(publisher.acked)
-    row.landed = acked.landed_ids
-    row.rejected = counts.rejected
-    row.lost = acked.lost
-    row.duplicated = counts.duplicated
+    rel.count_publisher_row(row, env, publisher.acked, publisher.failed)
     row.note(
         f"mid-publish: node {victim.node_id} (leader of {led} of 3 partitions) killed after {acked_at_kill:,} "
         f"acks; leaders moved in {failover_s:.1f} s ({acked_in_failover:,} acks meanwhile: acks=all waits until the "
@@ -196,5 +190,5 @@ def test_broker_of_three_sigkilled_mid_publish_and_mid_ingest(own_cluster, make_
     assert 0 < landed_at_kill < backlog, "the broker was not killed while the catch-up was landing"
     assert catch_up.returncode == 0, output[-3000:]
     assert report is not None, retry_errors
-    assert acked.lost == 0 and counts.duplicated == 0
-    assert acked.landed_ids == len(publisher.acked) == backlog
+    assert row.lost == 0 and row.duplicated == 0
+    assert row.landed == len(publisher.acked) == backlog

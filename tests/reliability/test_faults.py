@@ -149,21 +149,15 @@ def test_broker_sigkilled_and_restarted_during_ingestion(own_broker, make_env, r
     recovered, recovery_errors = rel.catch_up_until_ok(120)
     if recovered is None:
         row.note(f"recovery catch-up kept failing for 120 s; last error: {recovery_errors[-1]}")
-    counts = rel.tally(env, publisher.acked | publisher.failed)
-    acked = rel.tally(env, publisher.acked)
     row.repetitions = len(restarts)
-    row.sent = len(publisher.acked)
-    row.landed = acked.landed_ids
-    row.rejected = counts.rejected
-    row.lost = acked.lost
-    row.duplicated = counts.duplicated
+    rel.count_publisher_row(row, env, publisher.acked, publisher.failed)
     row.note(
         f"restart took {min(restarts):.1f}–{max(restarts):.1f} s; {rounds} catch-up rounds during the chaos, "
         f"{len(ingest_errors)} of them failed while the broker was down and were retried"
         + (f" ({', '.join(sorted(set(ingest_errors)))})" if ingest_errors else "")
         + f"; {len(publisher.failed)} events the producer reported as not acknowledged (excluded from sent)"
     )
-    assert acked.lost == 0 and counts.duplicated == 0
+    assert row.lost == 0 and row.duplicated == 0
 
 
 @pytest.mark.case("fault", "producer whose broker disappears (SIGKILL) mid-stream")
