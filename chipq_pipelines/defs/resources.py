@@ -67,8 +67,8 @@ class KafkaResource(_KafkaConnection):  # type: ignore[misc,valid-type]
         return KafkaConfig(**{name: (value or None) if name in optional else value for name, value in values.items()})
 
 
-#: (path, inode) of the warehouse files whose schema this process has ensured (a new file has a new inode).
-_SCHEMA_ENSURED: set[tuple[str, int]] = set()
+#: (path, warehouse id) of the warehouses whose schema this process has ensured (a rebuilt one has a new id).
+_SCHEMA_ENSURED: set[tuple[str, str | None]] = set()
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -99,10 +99,12 @@ class WarehouseResource(dg.ConfigurableResource):
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = warehouse_schema.connect(path)
         try:
-            identity = (str(path), path.stat().st_ino)
-            if identity not in _SCHEMA_ENSURED:  # once per file and process: a run's steps share it
+            # Once per warehouse and process (a run's steps share it). The id stored in the file, not
+            # the inode: a warehouse deleted and rebuilt often gets the old file's inode back.
+            identity = (str(path), warehouse_schema.warehouse_id(conn))
+            if identity[1] is None or identity not in _SCHEMA_ENSURED:
                 warehouse_schema.ensure_schema(conn)
-                _SCHEMA_ENSURED.add(identity)
+                _SCHEMA_ENSURED.add((str(path), warehouse_schema.warehouse_id(conn)))
             yield conn
         finally:
             conn.close()

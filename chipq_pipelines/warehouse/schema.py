@@ -33,6 +33,15 @@ def is_lock_error(exc: BaseException) -> bool:
     return any(marker in str(exc) for marker in _LOCK_MARKERS)
 
 
+def warehouse_id(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """The id of the warehouse ``conn`` holds (``ops.warehouse_info``), or None before its schema exists."""
+    try:
+        rows = conn.execute("SELECT warehouse_id FROM ops.warehouse_info LIMIT 1").fetchall()
+    except duckdb.CatalogException:
+        return None
+    return str(rows[0][0]) if rows else None
+
+
 def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open the warehouse at ``path`` (created if missing) with the session in UTC.
 

@@ -42,6 +42,7 @@ import pandas as pd
 
 from chipq_pipelines.warehouse.reader_limits import ReaderLimits
 from chipq_pipelines.warehouse.schema import connect, ensure_schema, is_lock_error, transaction
+from chipq_pipelines.warehouse.schema import warehouse_id as schema_warehouse_id
 
 SNAPSHOT_SCHEMAS = ("raw", "ops", "marts")
 #: Copies kept beside the current one when nobody holds them (more appear only while readers hold them).
@@ -162,11 +163,6 @@ def _change_seq(conn: duckdb.DuckDBPyConnection) -> int:
         "WHERE database_name = current_database() AND schema_name = 'ops' AND sequence_name = 'change_seq'"
     ).fetchall()
     return int(rows[0][0]) if rows else 0
-
-
-def _warehouse_id(conn: duckdb.DuckDBPyConnection) -> str:
-    rows = conn.execute("SELECT warehouse_id FROM ops.warehouse_info LIMIT 1").fetchall()
-    return str(rows[0][0]) if rows else ""
 
 
 def _copy_info(conn: duckdb.DuckDBPyConnection, alias: str) -> tuple[str, str, int] | None:
@@ -332,7 +328,7 @@ def publish_snapshot(source: duckdb.DuckDBPyConnection | str | Path, snapshot_pa
                 raise RuntimeError(f"{copy} is locked by another process although chipq just created it")
         try:
             with transaction(conn):
-                warehouse_id = _warehouse_id(conn)
+                warehouse_id = schema_warehouse_id(conn) or ""
                 fingerprint = _fingerprint(conn, catalog)
                 change_seq = _change_seq(conn)
                 recorded = _copy_info(conn, alias)
